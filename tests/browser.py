@@ -1,0 +1,137 @@
+"""JupyterLab in headless Chromium, for tests that move a widget in a real browser.
+
+`JupyterLab` starts `jupyter lab` on a free localhost port with no token, serving a temporary
+folder (so running a notebook there never rewrites the stored notebooks). `Lab` opens a
+notebook in Chromium through Playwright, runs every cell and hands back the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-quic", "--disable-dev-shm-usage"]
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def find_chromium() -> str | None:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class JupyterLabServer:
+    """A JupyterLab server for one test session, stopped (and its folder removed) on close."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # JupyterLab 4 only renders the cells in view ("windowing"); the tests need every
+        # cell's prompt and output in the page, so switch windowing off for this server.
+        settings = root / ".settings" / "@jupyterlab" / "notebook-extension"
+        settings.mkdir(parents=True)
+        (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings")}
+        log = open(root / "jupyter.log", "w")  # noqa: SIM115 (closed with the process)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={self.port}",
+             "--ip=127.0.0.1", f"--ServerApp.root_dir={root}", "--IdentityProvider.token=",
+             "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+             "--allow-root", "--LabApp.news_url=",
+             "--ServerApp.open_browser=False"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+        self._wait_until_up()
+
+    def _wait_until_up(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("jupyter lab exited:\n" + (self.root / "jupyter.log").read_text())
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/status", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("jupyter lab did not start within 90 s:\n"
+                           + (self.root / "jupyter.log").read_text())
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Lab:
+    """What a browser test gets: open a notebook in JupyterLab, run it, return the page."""
+
+    def __init__(self, server: JupyterLabServer, browser):
+        self.server = server
+        self.browser = browser
+        self._count = 0
+
+    def run_notebook(self, path: Path, timeout_s: float = 240) -> object:
+        """Open a copy of a repository notebook, run all its cells, return the Page."""
+        self._count += 1
+        name = f"{self._count:02d}_{Path(path).name}"
+        shutil.copy(path, self.server.root / name)
+        return self._open_and_run(name, timeout_s)
+
+    def run_cells(self, sources: list[str], timeout_s: float = 240) -> object:
+        """Open a new notebook made of these code cells, run them all, return the Page."""
+        self._count += 1
+        name = f"{self._count:02d}_cells.ipynb"
+        cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                  "source": source} for source in sources]
+        notebook = {"cells": cells, "metadata": {"kernelspec": KERNELSPEC},
+                    "nbformat": 4, "nbformat_minor": 5}
+        (self.server.root / name).write_text(json.dumps(notebook))
+        return self._open_and_run(name, timeout_s)
+
+    def _open_and_run(self, name: str, timeout_s: float):
+        page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{self.server.url}/lab/tree/{name}")
+        # Wait for the kernel to start: the toolbar's (visually hidden) status label reads
+        # "Kernel status: Idle" once the kernel is ready.
+        page.locator(".jp-Notebook").first.wait_for(timeout=90_000)
+        page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
+        page.locator(".jp-Notebook").first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        self._wait_for_all_cells(page, timeout_s)
+        return page
+
+    @staticmethod
+    def _wait_for_all_cells(page, timeout_s: float) -> None:
+        """Every code cell's prompt shows a number (not blank, not `*`) once it has run."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+            if prompts and all(p.strip().startswith("[") and p.strip()[1:-2].isdigit()
+                               for p in prompts):
+                errors = page.locator(".jp-OutputArea-output[data-mime-type="
+                                      "'application/vnd.jupyter.stderr'] :text('Traceback')")
+                if errors.count():
+                    raise AssertionError("a cell raised in the browser:\n" + errors.first.inner_text())
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"cells did not finish within {timeout_s} s; prompts: {prompts}")

@@ -1,0 +1,11 @@
+"""The course library: the finished version of everything the chapters build.
+
+Each module is named after what it holds and is introduced by one chapter:
+
+    paths       where the repository, data and run outputs live          (all chapters)
+    device      get_device(), set_seed()                                  (chapter 00)
+    data        load_corpus(), train_val_split(), get_batch()             (chapter 00)
+    sequence_models  the RNN-versus-attention experiment                  (chapter 00)
+    checks/     the exercise graders, one module per chapter
+    widgets/    the interactive demos, one module per widget family
+"""

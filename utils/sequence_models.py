@@ -1,0 +1,148 @@
+"""Chapter 00's experiment: why attention replaced recurrence.
+
+Two tiny sequence models read the same inputs `x` of shape [T, d]:
+
+* `TinyRNN` carries one hidden state from token to token, h_t = tanh(x_t W_x + h_{t-1} W_h + b).
+  Whatever token 1 said must survive T - 1 multiplications by W_h to reach position T.
+* `TinyAttention` lets position t read every earlier token directly, through one weighted sum.
+
+`gradient_from_first_token` asks autograd how strongly each output depends on token 1, and
+`time_sequential_vs_parallel` times the T dependent steps of an RNN against attention's
+single batched matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+
+class TinyRNN(nn.Module):
+    """An Elman RNN: h_t = tanh(x_t W_x + h_{t-1} W_h + b), returning every h_t.
+
+    `recurrent_scale` sets the largest singular value of W_h (W_h is a scaled orthogonal
+    matrix): below 1 the signal from early tokens shrinks at every step, above 1 it can grow.
+
+    >>> rnn = TinyRNN(d_in=4, d_hidden=8)
+    >>> rnn(torch.randn(10, 4)).shape
+    torch.Size([10, 8])
+    """
+
+    def __init__(self, d_in: int, d_hidden: int, recurrent_scale: float = 0.9):
+        super().__init__()
+        self.W_x = nn.Parameter(torch.randn(d_in, d_hidden) / math.sqrt(d_in))
+        self.W_h = nn.Parameter(torch.linalg.qr(torch.randn(d_hidden, d_hidden))[0] * recurrent_scale)
+        self.b = nn.Parameter(torch.zeros(d_hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., T, d_in] -> hidden states [..., T, d_hidden]."""
+        h = torch.zeros(*x.shape[:-2], self.W_h.shape[0], dtype=x.dtype, device=x.device)
+        states = []
+        # One step per token, each waiting for the previous one: this loop cannot be parallelised.
+        for x_t in x.unbind(dim=-2):
+            h = torch.tanh(x_t @ self.W_x + h @ self.W_h + self.b)
+            states.append(h)
+        return torch.stack(states, dim=-2)
+
+
+class TinyAttention(nn.Module):
+    """One causal attention layer: position t mixes the values of tokens 0..t.
+
+    All positions are computed at once with two matrix products; chapter 03 takes this
+    apart line by line.
+
+    >>> attn = TinyAttention(d_in=4, d_head=8)
+    >>> attn(torch.randn(10, 4)).shape
+    torch.Size([10, 8])
+    """
+
+    def __init__(self, d_in: int, d_head: int):
+        super().__init__()
+        self.W_q = nn.Parameter(torch.randn(d_in, d_head) / math.sqrt(d_in))
+        self.W_k = nn.Parameter(torch.randn(d_in, d_head) / math.sqrt(d_in))
+        self.W_v = nn.Parameter(torch.randn(d_in, d_head) / math.sqrt(d_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., T, d_in] -> outputs [..., T, d_head]."""
+        q, k, v = x @ self.W_q, x @ self.W_k, x @ self.W_v
+        # [..., T, T]: every token scored against every token in one matrix product
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])
+        future = torch.triu(torch.ones_like(scores, dtype=torch.bool), diagonal=1)
+        weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        return weights @ v
+
+
+def gradient_from_first_token(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """For every position t, the size of d(output_t)/d(token 1): how loudly token 1 is heard.
+
+    Returns a tensor of T norms. Each output is projected onto a fixed direction first, so
+    each entry is the norm of an ordinary gradient (a vector), not a Jacobian.
+
+    >>> g = gradient_from_first_token(TinyRNN(4, 8), torch.randn(20, 4))
+    >>> g.shape, bool(g[19] < g[0])
+    (torch.Size([20]), True)
+    """
+    # float64, because an RNN's gradient shrinks geometrically and would underflow float32 to
+    # exactly zero after ~100 steps; we want to see how small it gets, not a flat zero.
+    model = model.double()
+    x = x.detach().double().clone().requires_grad_(True)
+    outputs = model(x)
+    direction = torch.ones(outputs.shape[-1], dtype=x.dtype) / math.sqrt(outputs.shape[-1])
+    norms = []
+    for t in range(len(x)):
+        (grad,) = torch.autograd.grad(outputs[t] @ direction, x, retain_graph=True)
+        norms.append(grad[0].norm())
+    return torch.stack(norms).detach()
+
+
+def compare_gradients(seq_len: int, recurrent_scale: float = 0.9, d: int = 32,
+                      seed: int = 0) -> dict[str, torch.Tensor]:
+    """Run `gradient_from_first_token` for both models on the same random sequence."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(seq_len, d, generator=generator)
+    torch.manual_seed(seed)
+    rnn = TinyRNN(d, d, recurrent_scale)
+    attention = TinyAttention(d, d)
+    return {"rnn": gradient_from_first_token(rnn, x),
+            "attention": gradient_from_first_token(attention, x)}
+
+
+def _median_seconds(fn, repeats: int, device: torch.device) -> float:
+    # GPU kernels run asynchronously: wait for them, or we would time only the launch.
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+@torch.no_grad()
+def time_sequential_vs_parallel(seq_lens: list[int], d: int = 64, batch: int = 16,
+                                repeats: int = 5, device: str | torch.device = "cpu") -> list[dict]:
+    """Median wall time of an RNN's T dependent steps vs one attention layer, per length.
+
+    Each row: {"seq_len", "rnn_steps", "attention_steps", "rnn_ms", "attention_ms"}.
+    "Steps" counts operations that must wait for the previous one to finish.
+    """
+    device = torch.device(device)
+    rnn = TinyRNN(d, d).to(device)
+    attention = TinyAttention(d, d).to(device)
+    rows = []
+    for seq_len in seq_lens:
+        x = torch.randn(batch, seq_len, d, device=device)
+        rnn(x), attention(x)  # warm-up: first calls pay one-off allocation costs
+        rows.append({
+            "seq_len": seq_len,
+            "rnn_steps": seq_len,
+            "attention_steps": 1,
+            "rnn_ms": 1000 * _median_seconds(lambda: rnn(x), repeats, device),  # noqa: B023
+            "attention_ms": 1000 * _median_seconds(lambda: attention(x), repeats, device),  # noqa: B023
+        })
+    return rows
