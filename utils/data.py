@@ -24,7 +24,7 @@ def load_corpus(name: str = "shakespeare") -> str:
     """Return the text of a shipped corpus (see data/README.md for where it comes from).
 
     >>> text = load_corpus()
-    >>> text[:25]
+    >>> text[:26]
     'HAMLET, PRINCE OF DENMARK\\n'
     """
     if name not in CORPORA:
