@@ -21,7 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 # Root in a container needs --allow-root; everyone else gets the default.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(ALLOW_ROOT) chapters/00_introduction.ipynb
+	$(BIN)/jupyter lab $(ALLOW_ROOT) --ServerApp.root_dir="$(CURDIR)" \
+		--LabApp.default_url=/lab/tree/chapters/00_introduction.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check utils tests bench tools data
