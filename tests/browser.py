@@ -89,14 +89,14 @@ class Lab:
         self.browser = browser
         self._count = 0
 
-    def run_notebook(self, path: Path, timeout_s: float = 240) -> object:
+    def run_notebook(self, path: Path, timeout_s: float = 420) -> object:
         """Open a copy of a repository notebook, run all its cells, return the Page."""
         self._count += 1
         name = f"{self._count:02d}_{Path(path).name}"
         shutil.copy(path, self.server.root / name)
         return self._open_and_run(name, timeout_s)
 
-    def run_cells(self, sources: list[str], timeout_s: float = 240) -> object:
+    def run_cells(self, sources: list[str], timeout_s: float = 420) -> object:
         """Open a new notebook made of these code cells, run them all, return the Page."""
         self._count += 1
         name = f"{self._count:02d}_cells.ipynb"

@@ -1,0 +1,175 @@
+"""Unit and property tests of utils/tokenizers.py."""
+
+from itertools import pairwise
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from utils.data import load_corpus, train_val_split
+from utils.tokenizers import (
+    BPETokenizer,
+    CharTokenizer,
+    WordTokenizer,
+    get_pair_counts,
+    merge,
+    split_chunks,
+    train_bpe_naive,
+)
+
+# Hypothesis' default text strategy leaves out surrogates; allow every code point here.
+any_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=60)
+
+
+@pytest.fixture(scope="module")
+def sample() -> str:
+    """A slice of the corpus: big enough for real merges, small enough for the naive version."""
+    train, _ = train_val_split(load_corpus())
+    return train[:30_000]
+
+
+@pytest.fixture(scope="module")
+def trained(sample) -> BPETokenizer:
+    tok = BPETokenizer(special_tokens=["<|endoftext|>"])
+    tok.train(sample, vocab_size=400)
+    return tok
+
+
+# -- building blocks ----------------------------------------------------------------------
+@given(any_text)
+def test_chunks_join_back_to_the_text(text):
+    assert "".join(split_chunks(text)) == text
+
+
+def test_chunks_keep_leading_spaces_on_words():
+    assert split_chunks("Is this a dagger  which I see") == [
+        "Is", " this", " a", " dagger", " ", " which", " I", " see"]
+    assert split_chunks("O'er\n\nthe 1623 folio...") == [
+        "O", "'", "er", "\n", "\n", "the", " 1623", " folio", "..."]
+
+
+def test_pair_counts_overlapping_and_empty():
+    assert get_pair_counts([1, 1, 1]) == {(1, 1): 2}
+    assert get_pair_counts([]) == {} and get_pair_counts([5]) == {}
+
+
+def test_merge_edge_cases():
+    assert merge([], (1, 2), 9) == []
+    assert merge([1, 1, 1, 1], (1, 1), 9) == [9, 9]
+    assert merge([3, 1, 2], (1, 2), 9) == [3, 9]
+    assert merge([2, 1], (1, 2), 9) == [2, 1]
+
+
+@given(st.lists(st.integers(0, 3), max_size=30), st.integers(0, 3), st.integers(0, 3))
+def test_merge_leaves_no_occurrence_of_a_distinct_pair(ids, a, b):
+    out = merge(ids, (a, b), 99)
+    if a != b:
+        assert (a, b) not in set(pairwise(out))
+    assert len(out) == len(ids) - out.count(99)
+
+
+# -- character and word tokenizers ----------------------------------------------------------
+def test_char_round_trip_and_unknown_character_is_named():
+    tok = CharTokenizer(load_corpus())
+    line = "To be, or not to be, that is the question:"
+    assert tok.decode(tok.encode(line)) == line
+    with pytest.raises(ValueError, match="'é'"):
+        tok.encode("café")
+
+
+def test_word_tokenizer_maps_unknown_words_to_unk():
+    tok = WordTokenizer("the king is dead")
+    ids = tok.encode("the queen is dead")
+    assert ids[1] == 0 and 0 not in (ids[0], ids[2], ids[3])
+
+
+# -- BPE -----------------------------------------------------------------------------------
+def test_fast_training_learns_the_naive_merges(sample):
+    tok = BPETokenizer()
+    tok.train(sample, vocab_size=256 + 60)
+    assert tok.merges == train_bpe_naive(sample, 60)
+    assert list(tok.merges.values()) == list(range(256, 316))
+
+
+@given(st.text(alphabet="ab c", max_size=40), st.integers(0, 12))
+def test_fast_equals_naive_on_tiny_texts_with_many_ties(text, n_merges):
+    tok = BPETokenizer()
+    tok.train(text, vocab_size=256 + n_merges)
+    assert tok.merges == train_bpe_naive(text, n_merges)
+
+
+def test_training_stops_when_nothing_is_left_to_merge():
+    tok = BPETokenizer()
+    tok.train("ab", vocab_size=300)
+    assert tok.merges == {(97, 98): 256} and tok.vocab_size == 257
+
+
+@given(any_text)
+def test_round_trip_every_string(trained, text):
+    assert trained.decode(trained.encode(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "🙂👍🏽", "e\u0301te\u0301", "naïve café", "\n\n  \t",
+                                  "a<|endoftext|>b", "<|endoftext|><|endoftext|>",
+                                  "lone \ud800 surrogate"])
+def test_round_trip_edge_cases(trained, text):
+    assert trained.decode(trained.encode(text)) == text
+
+
+def test_special_token_is_one_id_after_the_merges(trained):
+    eot = trained.special_tokens["<|endoftext|>"]
+    assert eot == 256 + len(trained.merges) == trained.vocab_size - 1
+    assert trained.encode("<|endoftext|>") == [eot]
+    assert len(trained.encode_ordinary("<|endoftext|>")) > 1
+
+
+def test_merges_shorten_the_text(trained, sample):
+    assert len(trained.encode(sample)) < 0.7 * len(sample.encode("utf-8"))
+
+
+def test_decode_of_a_cut_character_does_not_raise(trained):
+    assert trained.decode(list("🙂".encode())[:2]) == "\ufffd"
+
+
+def test_save_and_load_give_the_same_tokenizer(trained, tmp_path):
+    path = tmp_path / "tok.json"
+    trained.save(path)
+    loaded = BPETokenizer.load(path)
+    text = "Now is the winter of our discontent <|endoftext|> 🙂"
+    assert loaded.merges == trained.merges and loaded.special_tokens == trained.special_tokens
+    assert loaded.encode(text) == trained.encode(text)
+
+
+def test_vocab_size_too_small_is_refused():
+    with pytest.raises(ValueError, match="at least"):
+        BPETokenizer(special_tokens=["<s>"]).train("abc", vocab_size=256)
+
+
+def test_compression_close_to_hugging_face_bpe(sample):
+    """Same text, same size: our tokens per character within 5% of Hugging Face's BPE."""
+    pytest.importorskip("tokenizers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from bench_bpe import hf_tokens_per_char
+
+    train, val = sample[:25_000], sample[25_000:]
+    tok = BPETokenizer()
+    tok.train(train, vocab_size=400)
+    ours = len(tok.encode(val)) / len(val)
+    theirs = hf_tokens_per_char(train, val, 400)
+    assert ours == pytest.approx(theirs, rel=0.05)
+
+
+def test_truncated_equals_a_shorter_training_run(trained, sample):
+    shorter = BPETokenizer(special_tokens=["<|endoftext|>"])
+    shorter.train(sample, vocab_size=300)
+    cut = trained.truncated(300)
+    assert cut.merges == shorter.merges and cut.special_tokens == shorter.special_tokens
+
+
+def test_verbose_training_reports_each_merge(capsys):
+    BPETokenizer().train("aaab aab", vocab_size=258, verbose=True)
+    out = capsys.readouterr().out
+    assert "merge    1/2" in out and "b'aa'" in out and "trained 2 merges" in out

@@ -1,0 +1,71 @@
+"""The tokenizer playground driven from Python: set a control's value, check what it shows."""
+
+import re
+
+import ipywidgets
+import pytest
+
+from utils.widgets.tokenizer_playground import tokenizer_playground
+
+
+@pytest.fixture(scope="module")
+def playground():
+    return tokenizer_playground(text="To be, or not to be", vocab_sizes=(300, 512))
+
+
+def token_count(html: str, name: str) -> int:
+    match = re.search(rf"<b>{re.escape(name)}</b>: (\d+) tokens", html)
+    assert match, f"no panel {name!r} in the playground's HTML"
+    return int(match.group(1))
+
+
+def test_default_state_shows_three_panels_and_a_chart(playground):
+    html = playground.outputs["html"].value
+    assert token_count(html, "char") == len("To be, or not to be")
+    assert token_count(html, "word") == 7  # To ·be , ·or ·not ·to ·be
+    assert 0 < token_count(html, "BPE 512") < token_count(html, "char")
+    assert isinstance(playground.outputs["image"], ipywidgets.Image)
+    assert bytes(playground.outputs["image"].value).startswith(b"\x89PNG")
+
+
+def test_typing_new_text_changes_pieces_and_chart(playground):
+    before_html = playground.outputs["html"].value
+    before_png = playground.outputs["image"].value
+    playground.controls["text"].value = "Now is the winter of our discontent"
+    assert playground.outputs["html"].value != before_html
+    assert "winter" in playground.outputs["html"].value
+    assert playground.outputs["image"].value != before_png
+
+
+def test_vocab_size_choice_changes_the_bpe_panel(playground):
+    playground.controls["text"].value = "Methinks the lady doth protest too much"
+    playground.controls["vocab_size"].value = 300
+    small = token_count(playground.outputs["html"].value, "BPE 300")
+    playground.controls["vocab_size"].value = 512
+    large = token_count(playground.outputs["html"].value, "BPE 512")
+    assert large < small
+
+
+def test_empty_text_shows_a_message(playground):
+    playground.controls["text"].value = ""
+    assert "Type some text" in playground.outputs["html"].value
+    assert "Traceback" not in playground.outputs["html"].value
+
+
+def test_unknown_characters_show_a_message_and_bpe_still_works(playground):
+    playground.controls["text"].value = "café 🙂 Zwölf"
+    html = playground.outputs["html"].value
+    assert "never seen in the corpus" in html and "unknown word" in html
+    assert token_count(html, "BPE 512") > 0
+
+
+def test_very_long_text_is_cut_with_a_message(playground):
+    playground.controls["text"].value = "to be or not " * 1000
+    html = playground.outputs["html"].value
+    assert "showing the first" in html
+    assert token_count(html, "char") == 600
+
+
+def test_html_pieces_are_escaped(playground):
+    playground.controls["text"].value = "<script>alert(1)</script>"
+    assert "<script>" not in playground.outputs["html"].value
