@@ -56,6 +56,9 @@ class JupyterLabServer:
              "--ip=127.0.0.1", f"--ServerApp.root_dir={root}", "--IdentityProvider.token=",
              "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
              "--allow-root", "--LabApp.news_url=",
+             # A workspace of its own: JupyterLab otherwise shares ~/.jupyter/lab/workspaces
+             # between servers and may reopen another test's (deleted) notebook.
+             f"--LabApp.workspaces_dir={root / '.workspaces'}",
              "--ServerApp.open_browser=False"],
             stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
         self._wait_until_up()
@@ -109,16 +112,30 @@ class Lab:
 
     def _open_and_run(self, name: str, timeout_s: float):
         page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{self.server.url}/lab/tree/{name}")
+        page.goto(f"{self.server.url}/lab/tree/{name}?reset")  # ?reset: a clean workspace
         # Wait for the kernel to start: the toolbar's (visually hidden) status label reads
         # "Kernel status: Idle" once the kernel is ready.
         page.locator(".jp-Notebook").first.wait_for(timeout=90_000)
         page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
-        page.locator(".jp-Notebook").first.click()
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        for _ in range(3):  # on a loaded machine the first click can land before the menu is live
+            page.locator(".jp-Notebook").first.click()
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            if self._started(page, within_s=30):
+                break
         self._wait_for_all_cells(page, timeout_s)
         return page
+
+    @staticmethod
+    def _started(page, within_s: float) -> bool:
+        """True once any code cell's prompt shows `[*]` or a number."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+            if any(p.strip() not in ("", "[ ]:") for p in prompts):
+                return True
+            time.sleep(0.5)
+        return False
 
     @staticmethod
     def _wait_for_all_cells(page, timeout_s: float) -> None:
