@@ -43,7 +43,7 @@ def draw(maps: list[torch.Tensor], text: str, layer: int, heads: list[int]) -> b
         ax.set_xlabel("key (attended to)")
         ax.set_ylabel("query")
     fig.suptitle("attention weights (darker = more weight)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # leave room so the title does not touch the panels
     return figure_to_png(fig)
 
 
