@@ -15,8 +15,9 @@ both are reported as "not attempted yet", never as a failure.
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,8 @@ def grader(check: Callable[..., Any]) -> Callable[..., bool]:
         except Hint as hint:
             print(f"{WRONG}: {hint}")
             return False
-        except Exception as error:  # the learner's code may fail in any way: never re-raise
+        except (Exception, SystemExit) as error:  # learner code may fail in any way, even
+            # by calling exit(): never let it escape into the notebook
             print(f"{WRONG}: checking raised {type(error).__name__}: {error}")
             return False
         print(CORRECT + (f" {praise}" if isinstance(praise, str) else ""))
@@ -66,6 +68,9 @@ def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except NotImplementedError:
         raise NotAttempted(f"fill in `{getattr(fn, '__name__', 'the function')}` and run "
                            "its cell again") from None
+    except SystemExit:
+        raise Hint(f"`{getattr(fn, '__name__', 'your function')}` called exit() (SystemExit); "
+                   "return a value instead") from None
     except Exception as error:
         shown = ", ".join(_short(a) for a in args)
         raise Hint(f"calling it with ({shown}) raised {type(error).__name__}: {error}") from None
@@ -110,6 +115,106 @@ def expect_close(got: Any, expected: Any, what: str, atol: float = 1e-5, rtol: f
         worst = (got_t - expected_t).abs().max().item()
         raise Hint(f"{what}: expected {_short(expected)}, got {_short(got)} "
                    f"(largest difference {worst:.3g})")
+
+
+def expect_number(value: Any, name: str) -> float:
+    """A value exercise wants one plain number: a string, a bool or a list is a wrong answer."""
+    is_scalar_array = isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0
+    is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if not (is_number or is_scalar_array):
+        raise Hint(f"`{name}` should be a number, got {type(value).__name__} {_short(value)}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise Hint(f"`{name}` is {number}; expected a finite number")
+    return number
+
+
+def expect_value(value: Any, expected: float, name: str, tol: float) -> None:
+    """Compare a learner's number with the answer; the hint says too big or too small and by
+    roughly how much, never the answer itself. `tol` is the absolute tolerance accepted."""
+    got = expect_number(value, name)
+    if abs(got - expected) <= tol:
+        return
+    direction = "too big" if got > expected else "too small"
+    ratio = got / expected if expected else float("inf")
+    if expected and 0.98 < ratio < 1.02:
+        how = (f"close, but off by {abs(got - expected):.2g}: keep more decimals "
+               f"(within {tol:g} is accepted)")
+    elif expected and got and _is_whole_factor(ratio):
+        how = f"off by a factor of {max(ratio, 1 / ratio):.3g} — a missing or extra factor?"
+    else:
+        how = f"off by about {abs(got - expected) / (abs(expected) or 1):.0%}"
+    raise Hint(f"`{name}` = {got:g} is {direction}: {how}")
+
+
+def _is_whole_factor(ratio: float) -> bool:
+    """True when got/expected is about 2, 3, 1/2, ...: a factor forgotten or applied twice."""
+    bigger = max(abs(ratio), 1 / abs(ratio))
+    return bigger > 1.5 and abs(bigger - round(bigger)) < 1e-3
+
+
+def compare_with_reference(fn: Callable[..., Any], reference: Callable[..., Any],
+                           cases: Iterable[tuple], compare: Callable[[Any, Any, str], None],
+                           name: str | None = None, diagnose: Callable[..., str | None]
+                           | None = None) -> None:
+    """Run the learner's `fn` and the library's `reference` on every case (a tuple of
+    arguments) and `compare(got, expected, what)` each result.
+
+    Cases should mix hand-picked edge cases aimed at known mistakes with `seeded_cases(...)`
+    that cover the realistic domain. Arguments are copied before each call, so a function
+    that changes its input is caught (and the reference still sees the original).
+    `diagnose(got, expected, *args)` may return a hint naming a recognisable mistake; it is
+    consulted only when the comparison fails.
+    """
+    label = name or getattr(fn, "__name__", "your function")
+    for args in cases:
+        before = [_copy(a) for a in args]
+        expected = reference(*[_copy(a) for a in args])
+        got = attempt(fn, *args)
+        for original, now in zip(before, args, strict=True):
+            if not _same(original, now):
+                raise Hint(f"{label}({_args(before)}) changed its input {_short(original)}; "
+                           "only read it and return a new value")
+        what = f"{label}({_args(before)})"
+        try:
+            compare(got, expected, what)
+        except Hint:
+            if diagnose is not None:
+                mistake = diagnose(got, expected, *before)
+                if mistake:
+                    raise Hint(f"{what}: {mistake}") from None
+            raise
+
+
+def seeded_cases(make: Callable[[np.random.Generator], tuple], n: int = 25,
+                 seed: int = 0) -> list[tuple]:
+    """`n` argument tuples drawn by `make(rng)` from a fixed seed: random, but the same every
+    run, so a hint a learner sees can be reproduced."""
+    rng = np.random.default_rng(seed)
+    return [make(rng) for _ in range(n)]
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, dict, set)):
+        return copy.deepcopy(value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+                and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and np.array_equal(a, b, equal_nan=True)
+    return a == b
+
+
+def _args(args: Iterable[Any]) -> str:
+    return ", ".join(_short(a, 80) for a in args)
 
 
 def _short(value: Any, limit: int = 120) -> str:

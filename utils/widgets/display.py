@@ -7,8 +7,11 @@ and a browser updates the same way, with or without a running notebook front end
 
 from __future__ import annotations
 
+import functools
 import html
 import io
+from collections.abc import Callable
+from typing import Any
 
 import matplotlib.pyplot as plt
 
@@ -27,6 +30,61 @@ def message_html(text: str, level: str = "info") -> str:
     """A coloured one-line message for a widget's HTML area (escapes the text)."""
     colour = _COLOURS.get(level, _COLOURS["info"])
     return f'<div style="color:{colour};font-family:sans-serif">{html.escape(text)}</div>'
+
+
+def guarded(message_area, what: str = "this setting") -> Callable:
+    """Decorate a widget callback so that no exception ever reaches the learner as a traceback.
+
+    Whatever the callback raises becomes an error message in `message_area` (an
+    `ipywidgets.HTML`), naming the setting and the error; the widget stays usable. Every widget
+    callback in the course goes through this one guard:
+
+        @guarded(message)
+        def update(_change=None):
+            ...
+
+    The wrapped function returns whatever the callback returned, or None after an error.
+    """
+
+    def decorate(callback: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(callback)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return callback(*args, **kwargs)
+            except Exception as error:  # a widget must survive any input: report, don't raise
+                message_area.value = message_html(
+                    f"Could not show {what}: {type(error).__name__}: {error}. "
+                    "Try another value.", "error")
+                return None
+
+        return run
+
+    return decorate
+
+
+def cap_text(text: str, limit: int, what: str = "text") -> tuple[str, str]:
+    """Cut `text` to `limit` characters for a widget; return the text and a warning message
+    (HTML, empty when nothing was cut) that says so, so no input can make a redraw slow.
+
+    >>> cap_text("abcdef", 4)[0]
+    'abcd'
+    >>> cap_text("abc", 4)
+    ('abc', '')
+    """
+    if len(text) <= limit:
+        return text, ""
+    return text[:limit], message_html(
+        f"The {what} has {len(text):,} characters; only the first {limit:,} are used.", "warning")
+
+
+def clean_text(text: str) -> str:
+    """Replace lone surrogates (which Python strings allow but UTF-8 cannot encode) by U+FFFD,
+    so a pasted half of an emoji shows as � instead of breaking the widget.
+
+    >>> clean_text("a" + chr(0xD800) + "b") == "a" + chr(0xFFFD) + "b"
+    True
+    """
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
 
 
 def _first_image(widget) -> bytes | None:
