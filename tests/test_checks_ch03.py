@@ -1,7 +1,11 @@
-"""Chapter 03 graders: solutions accepted, plausible mistakes rejected with a useful hint."""
+"""Chapter 03 graders: solutions accepted, plausible mistakes rejected with a useful hint.
+
+Every wrong answer below is one a learner could really write; each must be rejected.
+"""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,20 +21,21 @@ def stable_softmax(x):
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def test_softmax_accepts_solution_and_library():
+def test_softmax_accepts_solution_library_and_stub_not_attempted():
     assert_accepts(check.softmax, stable_softmax)
     assert_accepts(check.softmax, lambda x: torch.softmax(x, dim=-1))
+    assert_not_attempted(check.softmax, stub)
 
 
 def test_softmax_rejects_naive_overflow():
     naive = lambda x: torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)
-    hint = assert_rejects(check.softmax, naive)
-    assert "maximum" in hint
+    assert "maximum" in assert_rejects(check.softmax, naive)
 
 
 def test_softmax_rejects_wrong_axis():
-    hint = assert_rejects(check.softmax, lambda x: torch.softmax(x, dim=0))
-    assert "wrong axis" in hint
+    assert "wrong axis" in assert_rejects(check.softmax, lambda x: torch.softmax(x, dim=0))
+    # dim=1 is the last axis of a matrix, but not of a batch of score matrices
+    assert "dim=-1" in assert_rejects(check.softmax, lambda x: torch.softmax(x, dim=min(1, x.dim() - 1)))
 
 
 def test_softmax_rejects_missing_normalisation_and_none():
@@ -38,8 +43,33 @@ def test_softmax_rejects_missing_normalisation_and_none():
     assert "return" in assert_rejects(check.softmax, lambda x: None)
 
 
-def test_softmax_not_attempted():
-    assert_not_attempted(check.softmax, stub)
+def test_softmax_rejects_global_maximum():
+    def global_max(x):  # one maximum for the whole tensor: a row far below it underflows
+        e = torch.exp(x - x.max())
+        return e / e.sum(dim=-1, keepdim=True)
+    assert "each row" in assert_rejects(check.softmax, global_max)
+
+
+def test_softmax_rejects_missing_keepdim():
+    def no_keepdim(x):  # [T, S] - [T] broadcasts along the wrong axis (silently if T == S)
+        e = torch.exp(x - x.max(dim=-1).values)
+        return e / e.sum(dim=-1, keepdim=True)
+    assert "keepdim" in assert_rejects(check.softmax, no_keepdim)
+
+
+def test_softmax_rejects_changing_the_input():
+    def in_place(x):
+        x -= x.max(dim=-1, keepdim=True).values
+        e = x.exp()
+        return e / e.sum(dim=-1, keepdim=True)
+    assert "changed its input" in assert_rejects(check.softmax, in_place)
+
+
+def test_softmax_rejects_clamping_instead_of_shifting():
+    def clamped(x):
+        e = torch.exp(x.clamp(-80, 80))
+        return e / e.sum(dim=-1, keepdim=True)
+    assert_rejects(check.softmax, clamped)
 
 
 # ---- exercise 2: scaled dot-product attention --------------------------------------------
@@ -51,9 +81,10 @@ def attention(q, k, v):
     return weights @ v, weights
 
 
-def test_attention_accepts_solution_and_library():
+def test_attention_accepts_solution_library_and_stub_not_attempted():
     assert_accepts(check.attention, attention)
     assert_accepts(check.attention, scaled_dot_product_attention)
+    assert_not_attempted(check.attention, stub)
 
 
 def test_attention_rejects_missing_scaling():
@@ -90,23 +121,42 @@ def test_attention_rejects_scaling_by_d_k_and_2d_only_transpose():
     assert_rejects(check.attention, matrix_only)
 
 
-def test_attention_rejects_output_only():
+def test_attention_rejects_scaling_by_the_wrong_size():
+    def by_d_v(q, k, v):
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(v.size(-1)), -1)
+        return w @ v, w
+    assert "d_k" in assert_rejects(check.attention, by_d_v)
+
+    def by_shape_1(q, k, v):  # q.shape[1] is d_k for a matrix, the head count for [B, h, T, d]
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[1]), -1)
+        return w @ v, w
+    assert "d_k" in assert_rejects(check.attention, by_shape_1)
+
+
+def test_attention_rejects_output_only_and_swapped_pair():
     assert "pair" in assert_rejects(check.attention, lambda q, k, v: attention(q, k, v)[0])
+    assert "order" in assert_rejects(check.attention, lambda q, k, v: attention(q, k, v)[::-1])
 
 
-def test_attention_not_attempted():
-    assert_not_attempted(check.attention, stub)
+def test_attention_rejects_scaling_q_in_place():
+    def in_place(q, k, v):
+        q /= math.sqrt(q.size(-1))
+        w = torch.softmax(q @ k.transpose(-2, -1), -1)
+        return w @ v, w
+    assert "changed its input" in assert_rejects(check.attention, in_place)
 
 
-# ---- exercises 3 and 4: the "rate" numbers -----------------------------------------------
+# ---- exercise 3: the "rate" weights -------------------------------------------------------
 
 SCORES = torch.tensor(check.RATE_SCORES)
+RATE_ANSWER = torch.softmax(SCORES / math.sqrt(64), -1)
 
 
-def test_rate_weights_accepts_list_and_tensor():
-    answer = torch.softmax(SCORES / math.sqrt(64), -1)
-    assert_accepts(check.rate_weights, answer)
-    assert_accepts(check.rate_weights, [round(w, 4) for w in answer.tolist()])
+def test_rate_weights_accepts_list_tensor_and_array():
+    assert_accepts(check.rate_weights, RATE_ANSWER)
+    assert_accepts(check.rate_weights, [round(w, 4) for w in RATE_ANSWER.tolist()])
+    assert_accepts(check.rate_weights, RATE_ANSWER.numpy())
+    assert_not_attempted(check.rate_weights, None)
 
 
 def test_rate_weights_rejects_classic_mistakes():
@@ -114,14 +164,39 @@ def test_rate_weights_rejects_classic_mistakes():
     assert "d_k = 64" in assert_rejects(check.rate_weights, torch.softmax(SCORES / 64, -1))
     assert "page" in assert_rejects(check.rate_weights, check.PAGE_WEIGHTS)
     assert "softmax" in assert_rejects(check.rate_weights, SCORES / 8)
-    assert assert_rejects(check.rate_weights, [0.5, 0.5])
-    assert_not_attempted(check.rate_weights, None)
+    assert "multiplied" in assert_rejects(check.rate_weights, torch.softmax(SCORES * 8, -1))
 
 
-def test_page_scale_accepts_fitted_multiplier():
+def test_rate_weights_rejects_wrong_length_order_and_type():
+    assert "6 weights" in assert_rejects(check.rate_weights, [0.5, 0.5])
+    assert "order" in assert_rejects(check.rate_weights, RATE_ANSWER.flip(0))
+    assert "order" in assert_rejects(check.rate_weights, RATE_ANSWER.sort(descending=True).values)
+    assert "number" in assert_rejects(check.rate_weights, "0.16 0.17 0.18 0.18 0.16 0.17")
+
+
+def test_rate_weights_rounded_hint_names_entry_and_does_not_leak():
+    hint = assert_rejects(check.rate_weights, [round(w, 2) for w in RATE_ANSWER.tolist()])
+    assert "decimals" in hint
+    for w in RATE_ANSWER.tolist():
+        assert f"{w:.4f}" not in hint and f"{w:.3f}" not in hint
+
+
+# ---- exercise 4: the page's multiplier ----------------------------------------------------
+
+def test_page_scale_accepts_fitted_multiplier_and_the_solution_methods():
     for c in (2.7, 2.8, 2.85):
         assert_accepts(check.page_scale, c)
     assert_accepts(check.page_scale, torch.tensor(2.8))
+    # the method the exercise suggests: the slope of log(w) against s, over all six tokens
+    slope = np.polyfit(check.RATE_SCORES, np.log(check.PAGE_WEIGHTS), 1)[0]
+    assert_accepts(check.page_scale, float(slope))
+    assert_accepts(check.page_scale, round(float(slope), 2))
+    # the solution's scan, rounded to two decimals as the solution notebook does
+    scores, page = torch.tensor(check.RATE_SCORES), torch.tensor(check.PAGE_WEIGHTS)
+    cs = torch.linspace(0.5, 5.0, 451)
+    worst = torch.stack([(torch.softmax(c * scores, -1) - page).abs().max() for c in cs])
+    assert_accepts(check.page_scale, round(cs[worst.argmin()].item(), 2))
+    assert_not_attempted(check.page_scale, None)
 
 
 def test_page_scale_rejects_sqrt_dk_temperature_and_nonsense():
@@ -129,6 +204,14 @@ def test_page_scale_rejects_sqrt_dk_temperature_and_nonsense():
     assert "flattens" in assert_rejects(check.page_scale, 1.0)
     assert "temperature" in assert_rejects(check.page_scale, 1 / 2.8)
     assert "sharper" in assert_rejects(check.page_scale, 10.0)
-    assert_rejects(check.page_scale, "two")
+    assert "number" in assert_rejects(check.page_scale, "two")
+    assert "number" in assert_rejects(check.page_scale, "2.8")
     assert_rejects(check.page_scale, float("nan"))
-    assert_not_attempted(check.page_scale, None)
+    assert "negative" in assert_rejects(check.page_scale, -2.8)
+
+
+def test_page_scale_single_pair_estimate_is_pointed_to_all_tokens():
+    # 'rate' against 'The': log(0.35 / 0.03) / 0.8 = 3.07, just outside the page's rounding
+    c = math.log(0.35 / 0.03) / (0.9 - 0.1)
+    assert "all six" in assert_rejects(check.page_scale, c)
+    assert "all six" in assert_rejects(check.page_scale, math.log(0.35 / 0.28) / (0.9 - 0.8))

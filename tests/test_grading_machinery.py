@@ -1,9 +1,22 @@
 """The grader contract itself: one verdict printed, a bool returned, nothing raised."""
 
+import numpy as np
+import pytest
 import torch
 
 from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
-from utils.checks.grading import attempt, expect_close, grader, require_value
+from utils.checks.grading import (
+    Hint,
+    attempt,
+    compare_with_reference,
+    expect_close,
+    expect_equal,
+    expect_number,
+    expect_value,
+    grader,
+    require_value,
+    seeded_cases,
+)
 
 
 @grader
@@ -48,3 +61,98 @@ def test_wrong_shape_reported():
 def test_nan_reported():
     hint = assert_rejects(check_answer, float("nan"))
     assert "NaN" in hint
+
+
+# ---- the machinery the hardened graders share ---------------------------------------------
+
+@grader
+def check_sorted(fn):
+    """A tiny grader built like the chapters' ones: edge cases + seeded random cases."""
+    cases = [([],), ([3, 1, 2],), ([5, 5, 1],)]
+    cases += seeded_cases(lambda rng: ([int(i) for i in rng.integers(0, 1000, 8)],), n=10)
+    compare_with_reference(fn, sorted, cases, expect_equal, name="my_sort",
+                           diagnose=lambda got, exp, xs: "that is descending order"
+                           if got == sorted(xs, reverse=True) else None)
+
+
+@grader
+def check_value(value):
+    expect_value(require_value(value, "answer"), 0.125, "answer", tol=1e-4)
+
+
+def test_exit_inside_learner_code_is_a_hint_not_an_exit():
+    import sys
+
+    assert "exit" in assert_rejects(check_double, lambda x: sys.exit(0))
+    assert "exit" in assert_rejects(check_double, lambda x: exit())
+
+    def raises_system_exit(x):
+        raise SystemExit("bye")
+    assert "SystemExit" in assert_rejects(check_sorted, raises_system_exit)
+
+
+def test_exit_inside_the_grader_itself_is_caught():
+    @grader
+    def leaky(value):
+        raise SystemExit(3)
+    assert "SystemExit" in assert_rejects(leaky, 1)
+
+
+def test_expect_number_rejects_strings_bools_and_lists():
+    for bad in ("0.125", True, [0.125], {"answer": 0.125}):
+        assert "number" in assert_rejects(check_value, bad)
+    assert expect_number(np.float32(0.5), "x") == 0.5
+    assert expect_number(torch.tensor(0.5), "x") == 0.5
+    with pytest.raises(Hint, match="finite"):
+        expect_number(float("inf"), "x")
+
+
+def test_expect_value_says_the_direction_without_the_answer():
+    assert_accepts(check_value, 0.12504)
+    too_big, too_small = assert_rejects(check_value, 0.2), assert_rejects(check_value, 0.1)
+    assert "too big" in too_big and "too small" in too_small
+    assert "factor of 2" in assert_rejects(check_value, 0.25)
+    assert "decimals" in assert_rejects(check_value, 0.126)
+    for hint in (too_big, too_small, assert_rejects(check_value, 0.25)):
+        assert "0.125" not in hint
+
+
+def test_compare_with_reference_accepts_right_and_names_the_failing_input():
+    assert_accepts(check_sorted, sorted)
+    hint = assert_rejects(check_sorted, lambda xs: sorted(xs)[:-1] if len(xs) > 3 else sorted(xs))
+    assert "my_sort([" in hint and "expected" in hint  # the input that failed is shown
+    assert "descending" in assert_rejects(check_sorted, lambda xs: sorted(xs, reverse=True))
+
+
+def test_compare_with_reference_catches_mutation_and_keeps_the_reference_clean():
+    seen = []
+
+    def sorts_in_place(xs):
+        xs.sort()
+        return xs
+
+    def reference(xs):
+        seen.append(list(xs))
+        return sorted(xs)
+
+    cases = [([3, 1, 2],)]
+    with pytest.raises(Hint, match="changed its input"):
+        compare_with_reference(sorts_in_place, reference, cases, expect_equal)
+    assert seen == [[3, 1, 2]]  # the reference saw the original
+
+
+def test_compare_with_reference_catches_tensor_mutation():
+    def scales_in_place(x):
+        x *= 2
+        return x
+
+    with pytest.raises(Hint, match="changed its input"):
+        compare_with_reference(scales_in_place, lambda x: 2 * x, [(torch.ones(3),)],
+                               lambda g, e, w: expect_close(g, e, w))
+
+
+def test_seeded_cases_are_reproducible_and_varied():
+    make = lambda rng: (int(rng.integers(0, 10**6)),)
+    first, again = seeded_cases(make, n=5, seed=7), seeded_cases(make, n=5, seed=7)
+    assert first == again and len(set(first)) == 5
+    assert seeded_cases(make, n=5, seed=8) != first

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from typing import Any
 
-from utils.checks.grading import Hint, attempt, expect_close, expect_equal, grader, require_value
+import numpy as np
+
+from utils.checks.grading import (
+    Hint,
+    compare_with_reference,
+    expect_equal,
+    expect_number,
+    grader,
+    require_value,
+    seeded_cases,
+)
 from utils.tokenizers import get_pair_counts as _pair_counts
 from utils.tokenizers import merge as _merge
 from utils.tokenizers import split_chunks
@@ -21,73 +32,194 @@ HAND_MERGES: dict[tuple[int, int], int] = {
 }
 
 
+def _ids_case(rng: np.random.Generator) -> list[int]:
+    """A realistic id list: ids from a small pool (so pairs repeat and runs like a a a occur),
+    mixing bytes and merged ids (>= 256, as every id is after the first merges)."""
+    pool = rng.choice(1000, size=int(rng.integers(1, 6)), replace=False)
+    return [int(i) for i in rng.choice(pool, size=int(rng.integers(0, 30)))]
+
+
+# Hand-picked id lists: overlapping runs, (a, b) next to (b, a), multi-digit ids that share
+# digits ('21 2' contains '1 2'), ids beyond a byte, empty and one-element lists.
+_EDGE_IDS = [[1, 2, 3, 1, 2], [5, 6], [7], [], [1, 1, 1], [1, 1, 1, 1], [4, 2, 4, 2, 4],
+             [1, 2, 1], [21, 2, 1, 2], [300, 301, 300, 301], [256, 256, 256], [97, 1000, 97]]
+
+
+def _compare_counts(got, expected, what: str) -> None:
+    if not isinstance(got, dict):
+        raise Hint(f"{what}: return a dict {{pair: count}}, got {type(got).__name__}")
+    got = {k: v for k, v in got.items() if v}  # a Counter/defaultdict with zeros is fine
+    if got == expected:
+        return
+    for pair in sorted(set(expected) | set(got), key=str):
+        if got.get(pair, 0) != expected.get(pair, 0):
+            raise Hint(f"{what}: pair {pair!r} should be counted {expected.get(pair, 0)} "
+                       f"time(s), got {got.get(pair, 0)}")
+
+
+def _pair_counts_mistake(got, expected, ids) -> str | None:
+    if not isinstance(got, dict):
+        return None
+    got = {k: v for k, v in got.items() if v}
+    wrong = {p for p in set(got) | set(expected) if got.get(p, 0) != expected.get(p, 0)}
+    if all(a == b and got.get((a, b), 0) < expected[(a, b)] for a, b in wrong):
+        return ("pairs overlap — in [a, a, a] positions 0-1 and 1-2 are both (a, a), so the "
+                "count is 2; move one id at a time")
+    if len(ids) >= 2 and got == _pair_counts(ids[:-1]):
+        return ("the last pair is missing: an off-by-one in the loop range (a list of n ids "
+                "has n - 1 pairs)")
+    if got == _pair_counts(ids + ids[:1]) and len(ids) >= 2:
+        return ("there is an extra pair (last id, first id): the list does not wrap around, "
+                "so don't pair the end with the start (np.roll does)")
+    if any((b, a) in expected and (a, b) in got and (a, b) not in expected for a, b in got):
+        return "pairs are ordered: (a, b) and (b, a) are different pairs, count them apart"
+    return None
+
+
 @grader
 def get_pair_counts(fn):
     """Exercise 1: count every pair of neighbouring ids."""
-    for ids in ([1, 2, 3, 1, 2], [5, 6], [7], [], [1, 1, 1], [4, 2, 4, 2, 4]):
-        before = list(ids)
-        got = attempt(fn, ids)
-        if ids != before:
-            raise Hint(f"get_pair_counts({before}) changed its input list; only read it")
-        expected = _pair_counts(ids)
-        if not isinstance(got, dict):
-            raise Hint(f"get_pair_counts({ids}) should return a dict {{pair: count}}, "
-                       f"got {type(got).__name__}")
-        got = {k: v for k, v in got.items() if v}  # a Counter/defaultdict with zeros is fine
-        if ids == [1, 1, 1] and got == {(1, 1): 1}:
-            raise Hint("get_pair_counts([1, 1, 1]): pairs overlap — positions 0-1 and 1-2 "
-                       "are both (1, 1), so the count is 2")
-        if len(ids) >= 2 and got == _pair_counts(ids[:-1]):
-            raise Hint(f"get_pair_counts({ids}) misses the last pair: an off-by-one in the "
-                       "loop range (a list of n ids has n - 1 pairs)")
-        expect_equal(got, expected, f"get_pair_counts({ids})")
+    # fresh copies: a learner's function that edits its input must not spoil the next run
+    cases = [(list(ids),) for ids in _EDGE_IDS]
+    cases += seeded_cases(lambda rng: (_ids_case(rng),), 30, seed=1)
+    try:
+        compare_with_reference(fn, _pair_counts, cases, _compare_counts, name="get_pair_counts",
+                               diagnose=_pair_counts_mistake)
+    except Hint as hint:
+        raise _explain_bytes(hint) from None
+    return "Counting pairs is the inner loop of BPE training."
+
+
+def _explain_bytes(hint: Hint) -> Hint:
+    """bytes(ids) works for ids < 256 only; merged ids are 256 and up."""
+    if "bytes must be in range" in str(hint):
+        return Hint(f"{hint} — ids of merged tokens are 256 and up, so they do not fit in "
+                    "bytes(...); work on the list of ints directly")
+    return hint
+
+
+def _merge_case(rng: np.random.Generator) -> tuple[list[int], tuple[int, int], int]:
+    ids = _ids_case(rng)
+    if len(ids) >= 2 and rng.random() < 0.8:   # usually a pair that occurs
+        i = int(rng.integers(0, len(ids) - 1))
+        pair = (ids[i], ids[i + 1])
+    else:
+        pair = (int(rng.integers(0, 1000)), int(rng.integers(0, 1000)))
+    return ids, pair, 1000 + int(rng.integers(0, 500))   # a new id above every id in use
+
+
+_EDGE_MERGES = [([1, 2, 1, 2, 3], (1, 2), 9), ([1, 2, 3, 1, 2], (1, 2), 9), ([3, 1, 2], (1, 2), 9),
+                ([2, 1, 2, 1], (2, 1), 7),
+                ([1, 1, 1], (1, 1), 9), ([1, 1, 1, 1], (1, 1), 9), ([4, 5, 6], (6, 4), 9),
+                ([1], (1, 2), 9), ([], (1, 2), 9), ([2, 1], (1, 2), 9), ([1, 2, 1, 2], (1, 2), 9),
+                ([1, 1, 2], (1, 2), 9), ([21, 2, 1, 2], (1, 2), 300),
+                ([300, 301, 300, 301, 7], (300, 301), 512), ([5, 5, 5, 5, 5], (5, 5), 300),
+                ([257, 258, 259], (258, 259), 400)]
+
+
+def _compare_merge(got, expected, what: str) -> None:
+    got = list(got) if isinstance(got, tuple) else got
+    if not isinstance(got, list):
+        raise Hint(f"{what}: return a list of ids, got {type(got).__name__}")
+    expect_equal(got, expected, what)
+
+
+def _merge_reusing_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """The classic mistake: merge wherever the pair starts, without skipping the used-up id."""
+    out = []
+    for i, x in enumerate(ids):
+        if i + 1 < len(ids) and (x, ids[i + 1]) == pair:
+            out.append(new_id)
+        elif not (i > 0 and (ids[i - 1], x) == pair):
+            out.append(x)
+    return out
+
+
+def _merge_mistake(got, expected, ids, pair, new_id) -> str | None:
+    got = list(got) if isinstance(got, tuple) else got
+    if got == _merge_reusing_ids(ids, pair, new_id):
+        return ("an id was used twice: once two ids are merged they are used up, so "
+                "merge([a, a, a], (a, a), new) is [new, a]; skip past both ids of a merged pair")
+    if got == _merge(ids[:-1], pair, new_id) + ids[-1:]:
+        return ("the pair at the very end was not merged (off-by-one in the loop that looks "
+                "at ids[i] and ids[i + 1])")
+    if got == _merge(ids[::-1], pair[::-1], new_id)[::-1]:
+        return "you scanned right to left; BPE merges left to right, so [a, a, a] gives [new, a]"
+    if got.count(new_id) == 1 and expected.count(new_id) > 1:
+        return "only the first occurrence was replaced; replace every occurrence"
+    return None
 
 
 @grader
 def merge(fn):
     """Exercise 2: replace every occurrence of `pair` in `ids` by `new_id`, left to right."""
-    cases = [([1, 2, 3, 1, 2], (1, 2), 9), ([3, 1, 2], (1, 2), 9), ([2, 1, 2, 1], (2, 1), 7),
-             ([1, 1, 1], (1, 1), 9), ([1, 1, 1, 1], (1, 1), 9), ([4, 5, 6], (6, 4), 9),
-             ([1], (1, 2), 9), ([], (1, 2), 9)]
-    for ids, pair, new_id in cases:
-        before = list(ids)
-        got = attempt(fn, ids, pair, new_id)
-        if ids != before:
-            raise Hint(f"merge({before}, {pair}, {new_id}) changed its input list; build and "
-                       "return a new list instead")
-        got = list(got) if isinstance(got, tuple) else got
-        what = f"merge({ids}, {pair}, {new_id})"
-        if ids == [1, 1, 1] and got == [9, 9]:
-            raise Hint(f"{what}: expected [9, 1] — once ids 0 and 1 are merged, id 1 is used "
-                       "up; skip past both ids of a merged pair")
-        expected = _merge(ids, pair, new_id)
-        if got != expected and got == _merge(ids[:-1], pair, new_id) + ids[-1:]:
-            raise Hint(f"{what}: the pair at the very end was not merged (off-by-one in the "
-                       "loop that looks at ids[i] and ids[i + 1])")
-        expect_equal(got, expected, what)
+    cases = [(list(ids), pair, new_id) for ids, pair, new_id in _EDGE_MERGES]  # fresh copies
+    cases += seeded_cases(_merge_case, 30, seed=2)
+    try:
+        compare_with_reference(fn, _merge, cases, _compare_merge, name="merge",
+                               diagnose=_merge_mistake)
+    except Hint as hint:
+        raise _explain_bytes(hint) from None
+    return "Merging is how every BPE token is born."
 
 
 def _bytes_per_token(text: str, ids: list[int]) -> float:
     return len(text.encode("utf-8")) / len(ids) if ids else 0.0
 
 
+_PIECES = ["the", " king", "é", "ß", "🙂", "水", " ", "\n", "ok", "!", "naïve", "😀👍🏽"]
+
+
+def _text_case(rng: np.random.Generator) -> tuple[str, list[int]]:
+    text = "".join(rng.choice(_PIECES, size=int(rng.integers(1, 12))))
+    n_bytes = len(text.encode("utf-8"))
+    n_ids = int(rng.integers(1, n_bytes + 1))
+    pool = rng.choice(1000, size=int(rng.integers(1, 4)), replace=False)  # ids repeat
+    return text, [int(i) for i in rng.choice(pool, size=n_ids)]
+
+
+def _compare_ratio(got, expected, what: str) -> None:
+    value = expect_number(got, what)
+    if not math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
+        raise Hint(f"{what}: expected {expected:.6g}, got {value:.6g}")
+
+
+def _ratio_mistake(got, expected, text, ids) -> str | None:
+    if not isinstance(got, int | float | np.number) or isinstance(got, bool):
+        return None  # the comparison's own hint (a number is needed) says it best
+    value = float(got)
+    n_bytes = len(text.encode("utf-8"))
+    if not ids:
+        return "with no tokens, return 0.0"
+    named = [
+        (len(ids) / max(n_bytes, 1), "that is tokens per byte — divide the other way round"),
+        (len(text) / len(ids), "you counted characters; count UTF-8 bytes "
+                               "(len(text.encode('utf-8'))) — 'é' is 2 bytes, '🙂' is 4"),
+        (n_bytes / len(set(ids)), "you divided by the number of distinct ids; divide by the "
+                                  "number of tokens, len(ids), repeats included"),
+        (n_bytes // len(ids), "integer division (//) drops the fraction; use /"),
+    ]
+    for wrong, mistake in named:
+        if math.isclose(value, wrong, rel_tol=1e-9) and not math.isclose(value, expected,
+                                                                          rel_tol=1e-9):
+            return mistake
+    for decimals in range(0, 4):
+        if value == round(expected, decimals):
+            return (f"the value is rounded to {decimals} decimals; return the exact ratio "
+                    "(round only when you print it)")
+    return None
+
+
 @grader
 def bytes_per_token(fn):
     """Exercise 3: UTF-8 bytes per token (higher = better compression); 0.0 for no tokens."""
     cases = [("hello", [1, 2]), ("to be or not", [5, 6, 7, 8]), ("héllo", [1, 2, 3]),
-             ("🙂 ok", [1, 2]), ("", [])]
-    for text, ids in cases:
-        got = attempt(fn, text, ids)
-        expected = _bytes_per_token(text, ids)
-        what = f"bytes_per_token({text!r}, {ids})"
-        if ids and isinstance(got, int | float) and abs(got - len(ids) / max(
-                len(text.encode()), 1)) < 1e-9 and abs(expected - 1) > 1e-9:
-            raise Hint(f"{what}: that is tokens per byte — divide the other way round")
-        if ids and isinstance(got, int | float) and abs(got - len(text) / len(ids)) < 1e-9 \
-                and len(text) != len(text.encode()):
-            raise Hint(f"{what}: you counted characters; count UTF-8 bytes "
-                       "(len(text.encode('utf-8'))) — 'é' is 2 bytes, '🙂' is 4")
-        expect_close(got, expected, what)
+             ("🙂 ok", [1, 2]), ("", []), ("abc", []), ("aaaa", [300, 300, 300]),
+             ("naïve café", [256, 257, 256, 258, 259, 260, 261])]
+    cases += seeded_cases(_text_case, 25, seed=3)
+    compare_with_reference(fn, _bytes_per_token, cases, _compare_ratio, name="bytes_per_token",
+                           diagnose=_ratio_mistake)
+    return "Bytes per token: the compression a tokenizer buys."
 
 
 def _encode_by_rank(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
@@ -134,6 +266,14 @@ def hand_encoding(answer):
     if not isinstance(answer, list | tuple):
         raise Hint(f"give a list of ids, got {type(answer).__name__}")
     answer = list(answer)
+    if any(isinstance(i, list | tuple) for i in answer):
+        raise Hint("give one flat list of ids for the whole text, the chunks' ids one after "
+                   "the other, not a list per chunk")
+    if not all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in answer):
+        odd = next(i for i in answer if not isinstance(i, int | np.integer) or isinstance(i, bool))
+        raise Hint(f"give the ids (whole numbers), not {type(odd).__name__} values such as "
+                   f"{odd!r}")
+    answer = [int(i) for i in answer]
     if answer == list(HAND_TEXT.encode()):
         raise Hint("those are the raw bytes of the text: now apply the merges")
     if answer == _encode_leftmost_first(HAND_TEXT, HAND_MERGES):
@@ -148,4 +288,9 @@ def hand_encoding(answer):
     if len(answer) > len(expected):
         raise Hint(f"your {len(answer)} ids spell the text, but some merge that applies "
                    "was not made: keep merging until no pair of a chunk has a merge")
-    expect_equal(answer, expected, f"the ids of {HAND_TEXT!r}")
+    if answer != expected:  # name the first wrong position, not the answer
+        first = next(i for i, (a, b) in enumerate(zip(answer, expected, strict=True)) if a != b)
+        raise Hint(f"your ids spell the text, but from position {first} (id {answer[first]}) "
+                   "they are not what BPE gives: in each chunk, apply the merge learned "
+                   "earliest (lowest new id) among those that apply, then look again")
+    return "That is exactly what BPETokenizer.encode does, merge by merge."

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from utils.attention import scaled_dot_product_attention
-from utils.checks.grading import Hint, attempt, expect_close, grader, require_value
+from utils.checks.grading import (
+    Hint,
+    compare_with_reference,
+    expect_close,
+    expect_number,
+    expect_value,
+    grader,
+    require_value,
+    seeded_cases,
+)
 
 # The worked example: "The merchant chargeback rate is high", scores of the query "rate".
 RATE_TOKENS = ["The", "merchant", "chargeback", "rate", "is", "high"]
@@ -18,47 +28,99 @@ EXERCISE_D_K = 64  # exercise 3 uses a realistic head width
 PAGE_TOLERANCE = 0.02  # the page rounds to two decimals; allow a little more than that
 
 
-def _tensor(answer, what: str) -> torch.Tensor:
+def _scores(rng: np.random.Generator, *shape: int) -> torch.Tensor:
+    """Attention-like scores: each row has its own scale and offset (rows of very different
+    size), and some rows are causally masked with -inf."""
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-1, 3, (*shape[:-1], 1))
+    x = x + rng.uniform(-2000, 2000, (*shape[:-1], 1)) * (rng.random((*shape[:-1], 1)) < 0.3)
+    x = torch.from_numpy(x).float()
+    if len(shape) >= 2 and rng.random() < 0.4:   # causal: row t sees keys 0..t
+        T, S = shape[-2:]
+        x = x.masked_fill(~torch.ones(T, S, dtype=torch.bool).tril(S - T), -math.inf)
+    return x
+
+
+def _softmax_case(rng: np.random.Generator) -> tuple[torch.Tensor]:
+    kind = rng.integers(0, 3)
+    S = int(rng.integers(1, 9))
+    if kind == 0:
+        return (_scores(rng, S),)
+    if kind == 1:
+        return (_scores(rng, S, S),)   # square: a broadcasting slip runs without an error
+    return (_scores(rng, int(rng.integers(1, 4)), S, S),)
+
+
+def _softmax_mistake(got, expected, x) -> str | None:
     try:
-        return torch.as_tensor(answer.detach() if isinstance(answer, torch.Tensor) else answer,
-                               dtype=torch.float64).flatten()
+        got = torch.as_tensor(got).double()
     except (TypeError, ValueError, RuntimeError):
-        raise Hint(f"{what}: expected a list or tensor of numbers, got "
-                   f"{type(answer).__name__}") from None
+        return None
+    x = x.double()
+    if got.shape != x.shape:
+        return None
+    if not torch.isfinite(got).all():
+        shifted = torch.exp(x - x.max())
+        if torch.isnan(shifted / shifted.sum(-1, keepdim=True)).any() and x.dim() > 1:
+            return ("contains NaN: the tensor's rows have very different sizes, and subtracting "
+                    "one maximum for the whole tensor leaves a row far below it, whose exps all "
+                    "underflow to 0 (0/0). Subtract each row's own maximum: "
+                    "x.max(dim=-1, keepdim=True).values")
+        return ("contains NaN or inf: exp() overflowed or underflowed to 0/0. Subtract the row's "
+                "maximum before exponentiating — it does not change the result, since the "
+                "factor cancels in the division")
+    if x.dim() >= 2:
+        if torch.allclose(got, torch.softmax(x, dim=0), atol=1e-6):
+            return ("the first axis sums to 1 — that is softmax over the wrong axis; normalise "
+                    "over the last dimension (dim=-1)")
+        for dim in range(x.dim() - 1):
+            if torch.allclose(got, torch.softmax(x, dim=dim), atol=1e-6):
+                return (f"that is a softmax over dim={dim}; for a batch of score matrices "
+                        "the last dimension is the one to normalise: use dim=-1")
+        if x.shape[-1] == x.shape[-2]:
+            e = torch.exp(x - x.max(dim=-1).values)
+            wrong = [e / e.sum(dim=-1, keepdim=True), e / e.sum(dim=-1)]
+            e = torch.exp(x - x.max(dim=-1, keepdim=True).values)
+            wrong.append(e / e.sum(dim=-1))
+            if any(torch.allclose(got, w, atol=1e-6, equal_nan=True) for w in wrong):
+                return ("the row maxima or row sums were broadcast along the wrong axis: keep "
+                        "one value per row with keepdim=True (x.max(dim=-1, keepdim=True), "
+                        "e.sum(dim=-1, keepdim=True)) so it lines up with its row")
+    if not torch.allclose(got.sum(-1), torch.ones(got.shape[:-1], dtype=got.dtype), atol=1e-5):
+        return ("the result should sum to 1 along the last dimension — did you forget to "
+                "divide by the sum?")
+    return None
+
+
+def _compare_softmax(got, expected, what: str) -> None:
+    if not isinstance(got, torch.Tensor):
+        raise Hint(f"{what}: return a tensor, got {type(got).__name__}")
+    expect_close(got, expected, what, atol=1e-6)
 
 
 @grader
 def softmax(fn):
     """Exercise 1: a numerically stable softmax over the last dimension of a tensor."""
     cases = [
-        ("a small vector", torch.tensor([1.0, 2.0, 3.0])),
-        ("a 2x3 matrix (one softmax per row)", torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])),
-        ("large scores [1000, 1001, 1002]", torch.tensor([1000.0, 1001.0, 1002.0])),
-        ("very negative scores [-1000, -1001]", torch.tensor([-1000.0, -1001.0])),
-        ("a masked score [0, -inf, 1]", torch.tensor([0.0, -math.inf, 1.0])),
+        (torch.tensor([1.0, 2.0, 3.0]),),
+        (torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]]),),             # one softmax per row
+        (torch.tensor([1000.0, 1001.0, 1002.0]),),                       # exp overflows
+        (torch.tensor([-1000.0, -1001.0]),),                             # exp underflows
+        (torch.tensor([0.0, -math.inf, 1.0]),),                          # a masked score
+        (torch.tensor([[0.0, 1.0, 2.0], [-1000.0, -999.0, -998.0]]),),   # rows far apart
+        (torch.tensor([[1.0, 2.0], [0.0, 5.0]]),),                       # square
+        (torch.tensor([[[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]]),),           # a batch [1, 2, 3]
+        (torch.tensor([7.0]),),                                          # one key
     ]
-    for what, x in cases:
-        got = attempt(fn, x.clone())
-        expected = torch.softmax(x, dim=-1)
-        if not isinstance(got, torch.Tensor):
-            got = torch.as_tensor(got)
-        if got.shape != x.shape:
-            raise Hint(f"softmax of {what}: expected shape {tuple(x.shape)}, got "
-                       f"{tuple(got.shape)}")
-        if not torch.isfinite(got.double()).all():
-            raise Hint(f"softmax of {what} contains NaN or inf: exp() overflowed or underflowed "
-                       "to 0/0. Subtract the row's maximum before exponentiating — it does not "
-                       "change the result, since the factor cancels in the division")
-        if x.dim() == 2 and torch.allclose(got.double(), torch.softmax(x, dim=0).double(),
-                                           atol=1e-6):
-            raise Hint(f"softmax of {what}: your columns sum to 1 — that is softmax over the "
-                       "wrong axis; normalise over the last dimension (dim=-1)")
-        if not torch.allclose(got.double().sum(-1), torch.ones(got.shape[:-1]).double(),
-                              atol=1e-5):
-            raise Hint(f"softmax of {what}: the result should sum to 1 along the last "
-                       f"dimension, but sums to {got.double().sum(-1).tolist()} — did you "
-                       "forget to divide by the sum?")
-        expect_close(got, expected, f"softmax of {what}")
+    cases += seeded_cases(_softmax_case, n=25, seed=30)
+    try:
+        compare_with_reference(fn, lambda x: torch.softmax(x, dim=-1), cases, _compare_softmax,
+                               name="softmax", diagnose=_softmax_mistake)
+    except Hint as hint:
+        if "must match the size of tensor" in str(hint):  # [T, S] - [T]: no keepdim
+            raise Hint(f"{hint} — a row maximum or row sum lost its dimension: keep one value "
+                       "per row with keepdim=True (x.max(dim=-1, keepdim=True), "
+                       "e.sum(dim=-1, keepdim=True)) so it lines up with its row") from None
+        raise
     return "Stable for huge and -inf scores, one distribution per row."
 
 
@@ -71,11 +133,59 @@ def _attention_variants(q, k, v):
         "you divided by d_k instead of √d_k": torch.softmax(q @ kt / d_k, -1) @ v,
         "the softmax runs over the wrong axis (use dim=-1: each query's row must sum to 1)":
             torch.softmax(q @ kt / math.sqrt(d_k), -2) @ v,
+        "the scores are multiplied by √d_k; divide by it":
+            torch.softmax(q @ kt * math.sqrt(d_k), -1) @ v,
     }
+    for size, name in [(v.size(-1), "d_v (the values' width)"), (q.size(-2), "T (the number "
+                       "of queries)"), (q.shape[1], "q.shape[1]")]:
+        if size != d_k:
+            variants[f"the scale uses √{name}; it must be √d_k = √q.size(-1), the width of "
+                     "the queries and keys"] = torch.softmax(q @ kt / math.sqrt(size), -1) @ v
     if k.size(-1) == k.size(-2) and q.size(-2) == k.size(-2):
         variants["K is not transposed (scores are q @ kᵀ, i.e. k.transpose(-2, -1))"] = (
             torch.softmax(q @ k / math.sqrt(d_k), -1) @ v)
     return variants
+
+
+def _attention_case(rng: np.random.Generator) -> tuple:
+    batch = [(), (int(rng.integers(1, 3)),), (int(rng.integers(1, 3)), int(rng.integers(1, 5)))]
+    lead = batch[int(rng.integers(0, 3))]
+    T, S = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+    d_k, d_v = int(rng.choice([2, 4, 8, 16, 32])), int(rng.choice([2, 3, 8]))
+    t = lambda *shape: torch.from_numpy(rng.standard_normal(shape)).float()  # noqa: E731
+    return t(*lead, T, d_k), t(*lead, S, d_k), t(*lead, S, d_v)
+
+
+def _compare_attention(got, expected, what: str) -> None:
+    if not (isinstance(got, tuple | list) and len(got) == 2):
+        raise Hint(f"{what}: return a pair (output, weights), got {type(got).__name__}")
+    out, weights = got
+    ref_out, ref_w = expected
+    if _close(out, ref_w) and _close(weights, ref_out):
+        raise Hint(f"{what}: the pair is in the wrong order; return (output, weights)")
+    expect_close(weights, ref_w, f"{what}: the weights")
+    expect_close(out, ref_out, f"{what}: the output")
+
+
+def _close(a, b: torch.Tensor, atol: float = 1e-5) -> bool:
+    try:
+        a = torch.as_tensor(a).double()
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return a.shape == b.shape and bool(torch.allclose(a, b.double(), atol=atol))
+
+
+def _attention_mistake(got, expected, q, k, v) -> str | None:
+    if not (isinstance(got, tuple | list) and len(got) == 2):
+        return None
+    try:
+        out = torch.as_tensor(got[0]).double()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    for mistake, wrong in _attention_variants(q, k, v).items():
+        if out.shape == wrong.shape and torch.allclose(out, wrong.double(), atol=1e-5):
+            return mistake
+    return None
 
 
 @grader
@@ -83,62 +193,86 @@ def attention(fn):
     """Exercise 2: scaled dot-product attention, returning (output, weights)."""
     g = torch.Generator().manual_seed(3)
     cases = [
-        ("q, k, v of shape [4, 4] (square, so a missing transpose still runs)",
-         torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g),
+        # square, so a missing transpose still runs
+        (torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g),
          torch.randn(4, 4, generator=g)),
-        ("q [3, 8], k [5, 8], v [5, 2]", torch.randn(3, 8, generator=g) * 2,
-         torch.randn(5, 8, generator=g), torch.randn(5, 2, generator=g)),
-        ("a batch: q, k, v of shape [2, 3, 6, 16]", torch.randn(2, 3, 6, 16, generator=g),
-         torch.randn(2, 3, 6, 16, generator=g), torch.randn(2, 3, 6, 16, generator=g)),
+        (torch.randn(3, 8, generator=g) * 2, torch.randn(5, 8, generator=g),
+         torch.randn(5, 2, generator=g)),
+        # a batch of heads: [B, h, T, d]
+        (torch.randn(2, 3, 6, 16, generator=g), torch.randn(2, 3, 6, 16, generator=g),
+         torch.randn(2, 3, 6, 16, generator=g)),
+        # one query, one key
+        (torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g),
+         torch.randn(1, 3, generator=g)),
     ]
-    for what, q, k, v in cases:
-        got = attempt(fn, q.clone(), k.clone(), v.clone())
-        if not (isinstance(got, tuple | list) and len(got) == 2):
-            raise Hint(f"{what}: return a pair (output, weights), got {type(got).__name__}")
-        out, weights = got
-        ref_out, ref_w = scaled_dot_product_attention(q, k, v)
-        out = torch.as_tensor(out)
-        if out.shape == ref_out.shape and not torch.allclose(out.double(), ref_out.double(),
-                                                             atol=1e-5):
-            for mistake, wrong in _attention_variants(q, k, v).items():
-                if torch.allclose(out.double(), wrong.double(), atol=1e-5):
-                    raise Hint(f"{what}: {mistake}")
-        expect_close(weights, ref_w, f"{what}: the weights")
-        expect_close(out, ref_out, f"{what}: the output")
+    cases += seeded_cases(_attention_case, n=20, seed=31)
+    compare_with_reference(fn, scaled_dot_product_attention, cases, _compare_attention,
+                           name="attend", diagnose=_attention_mistake)
     return "softmax(QKᵀ/√d_k)V, batched over any leading dimensions."
+
+
+def _weights_answer(answer) -> list:
+    if isinstance(answer, torch.Tensor | np.ndarray):
+        answer = answer.tolist()
+    if not isinstance(answer, list | tuple):
+        raise Hint(f"`rate_weights` should be a list or tensor of 6 numbers, got "
+                   f"{type(answer).__name__} {answer!r:.40}")
+    return list(answer)
 
 
 @grader
 def rate_weights(answer):
     """Exercise 3: the attention weights of "rate" for the page's scores with d_k = 64."""
-    got = _tensor(require_value(answer, "rate_weights"), "rate_weights")
+    values = _weights_answer(require_value(answer, "rate_weights"))
+    if len(values) != len(RATE_TOKENS):
+        raise Hint(f"expected 6 weights, one per token of {RATE_TOKENS}, got {len(values)}")
+    got = torch.tensor([expect_number(w, f"rate_weights[{i}] ({RATE_TOKENS[i]!r})")
+                        for i, w in enumerate(values)], dtype=torch.float64)
     scores = torch.tensor(RATE_SCORES, dtype=torch.float64)
     expected = torch.softmax(scores / math.sqrt(EXERCISE_D_K), -1)
-    if got.numel() != 6:
-        raise Hint(f"expected 6 weights, one per token of {RATE_TOKENS}, got {got.numel()}")
-    if torch.allclose(got, torch.tensor(PAGE_WEIGHTS, dtype=torch.float64), atol=1e-3):
-        raise Hint("those are the page's numbers: compute the weights yourself from the scores")
-    if torch.allclose(got, torch.softmax(scores, -1), atol=1e-4):
-        raise Hint("that is softmax of the raw scores: divide them by √d_k = 8 first")
-    if torch.allclose(got, torch.softmax(scores / EXERCISE_D_K, -1), atol=1e-4):
-        raise Hint("you divided by d_k = 64; the scale is √d_k = 8")
-    if torch.allclose(got, scores / math.sqrt(EXERCISE_D_K), atol=1e-4):
-        raise Hint("those are the scaled scores; now apply the softmax")
-    expect_close(got, expected, "weights of 'rate' with d_k = 64", atol=1e-3, rtol=0)
+    named = [
+        (torch.tensor(PAGE_WEIGHTS, dtype=torch.float64), 1e-3,
+         "those are the page's numbers: compute the weights yourself from the scores"),
+        (torch.softmax(scores, -1), 1e-4, "that is softmax of the raw scores: divide them by "
+                                          "√d_k = 8 first"),
+        (torch.softmax(scores / EXERCISE_D_K, -1), 1e-4, "you divided by d_k = 64; the scale "
+                                                         "is √d_k = 8"),
+        (torch.softmax(scores * math.sqrt(EXERCISE_D_K), -1), 1e-4,
+         "you multiplied the scores by √d_k; divide them by it"),
+        (scores / math.sqrt(EXERCISE_D_K), 1e-4, "those are the scaled scores; now apply the "
+                                                 "softmax"),
+        (expected.flip(0), 1e-3, "the weights are in the wrong order: give them in sentence "
+                                 f"order, {RATE_TOKENS}"),
+        (expected.sort(descending=True).values, 1e-3,
+         "the weights are sorted; give them in sentence order, one per token of "
+         f"{RATE_TOKENS}"),
+    ]
+    for wrong, atol, mistake in named:
+        if not torch.allclose(expected, wrong, atol=atol) and torch.allclose(got, wrong, atol=atol):
+            raise Hint(mistake)
+    for decimals in (1, 2):
+        if torch.allclose(got, expected.mul(10**decimals).round().div(10**decimals), rtol=0,
+                          atol=1e-9):
+            raise Hint(f"you rounded the weights to {decimals} decimals, too coarse to tell them "
+                       "apart: keep at least 3 (within 0.001 is accepted)")
+    worst = int((got - expected).abs().argmax())  # name the entry most off, never the answer
+    expect_value(float(got[worst]), float(expected[worst]),
+                 f"rate_weights[{worst}] (the weight of {RATE_TOKENS[worst]!r})", tol=1e-3)
     return (f"With d_k = 64 the weights are almost uniform ({expected.min():.3f} to "
             f"{expected.max():.3f}): scores this small barely separate after scaling.")
+
+
+def _pair_estimates() -> list[float]:
+    """c from each pair of tokens: log(w_i / w_j) / (s_i - s_j). Rounding makes them disagree."""
+    n = len(RATE_SCORES)
+    return [math.log(PAGE_WEIGHTS[i] / PAGE_WEIGHTS[j]) / (RATE_SCORES[i] - RATE_SCORES[j])
+            for i in range(n) for j in range(n) if RATE_SCORES[i] != RATE_SCORES[j]]
 
 
 @grader
 def page_scale(answer):
     """Exercise 4: the multiplier c with softmax(c · scores) ≈ the page's weights."""
-    value = require_value(answer, "page_scale")
-    try:
-        c = float(value)
-    except (TypeError, ValueError):
-        raise Hint(f"page_scale should be one number, got {type(value).__name__}") from None
-    if not math.isfinite(c):
-        raise Hint(f"page_scale should be a finite number, got {c}")
+    c = expect_number(require_value(answer, "page_scale"), "page_scale")
     scores = torch.tensor(RATE_SCORES, dtype=torch.float64)
     page = torch.tensor(PAGE_WEIGHTS, dtype=torch.float64)
     got = torch.softmax(c * scores, -1)
@@ -147,14 +281,23 @@ def page_scale(answer):
         return (f"softmax({c:g} · scores) is within {error:.3f} of every printed weight: the page "
                 f"multiplied its scores by about {c:.2g} (temperature {1 / c:.2f}), it did not "
                 "divide by any √d_k ≥ 1.")
+    if c < 0:
+        raise Hint(f"c = {c:g} is negative, which reverses the order of the weights (the "
+                   "highest score would get the smallest weight); c must be positive")
     if c > 0 and abs(1 / c - 2.8) < 0.4:
         raise Hint(f"{c:g} looks like a temperature (dividing by it); the exercise asks for the "
                    f"multiplier c in softmax(c · scores), i.e. 1/{c:g} = {1 / c:.2f}")
+    if any(abs(c - e) < 0.01 for e in _pair_estimates()):
+        raise Hint(f"c = {c:g} fits one pair of tokens, but the page rounds its weights to two "
+                   "decimals, so different pairs give different c (from about 2.1 to 5.1). Use "
+                   "all six tokens at once: fit the slope of log(w) against s, or scan c and "
+                   f"keep the one whose worst difference is smallest (it must be ≤ {PAGE_TOLERANCE})")
     if 0 < c <= 1:
         raise Hint(f"c = {c:g} gives weights {[round(w, 3) for w in got.tolist()]}: multiplying "
                    "by c ≤ 1 (which is what dividing by √d_k does) only flattens the weights, "
                    "but the page's are sharper than plain softmax. Try c > 1")
     shown = [round(w, 3) for w in got.tolist()]
     direction = "sharper" if got.max() > page.max() else "flatter"
-    raise Hint(f"c = {c:g} gives {shown}, which is {direction} than the page's {PAGE_WEIGHTS} "
-               f"(worst difference {error:.3f}; aim for ≤ {PAGE_TOLERANCE})")
+    size = "too big" if direction == "sharper" else "too small"
+    raise Hint(f"c = {c:g} is {size}: it gives {shown}, which is {direction} than the page's "
+               f"{PAGE_WEIGHTS} (worst difference {error:.3f}; aim for ≤ {PAGE_TOLERANCE})")

@@ -161,8 +161,11 @@ def compare_with_reference(fn: Callable[..., Any], reference: Callable[..., Any]
     arguments) and `compare(got, expected, what)` each result.
 
     Cases should mix hand-picked edge cases aimed at known mistakes with `seeded_cases(...)`
-    that cover the realistic domain. Arguments are copied before each call, so a function
-    that changes its input is caught (and the reference still sees the original).
+    that cover the realistic domain. Lists, dicts and arrays are copied before each call, so a
+    function that changes its input is caught and cannot spoil a case for the next run.
+    Tensors are handed over as they are, keeping their memory layout (a slice of a fused
+    projection stays non-contiguous, as in the chapter), so build tensor cases inside the
+    grader; a tensor changed in place is still caught.
     `diagnose(got, expected, *args)` may return a hint naming a recognisable mistake; it is
     consulted only when the comparison fails.
     """
@@ -170,8 +173,9 @@ def compare_with_reference(fn: Callable[..., Any], reference: Callable[..., Any]
     for args in cases:
         before = [_copy(a) for a in args]
         expected = reference(*[_copy(a) for a in args])
-        got = attempt(fn, *args)
-        for original, now in zip(before, args, strict=True):
+        given = [a if isinstance(a, torch.Tensor) else _copy(a) for a in args]
+        got = attempt(fn, *given)
+        for original, now in zip(before, given, strict=True):
             if not _same(original, now):
                 raise Hint(f"{label}({_args(before)}) changed its input {_short(original)}; "
                            "only read it and return a new value")
@@ -219,12 +223,12 @@ def _args(args: Iterable[Any]) -> str:
 
 def _short(value: Any, limit: int = 120) -> str:
     """A one-line rendering of a value for hints, truncated so hints stay readable."""
-    if isinstance(value, torch.Tensor):
-        text = f"tensor(shape={tuple(value.shape)}, {value.detach().flatten()[:6].tolist()}...)" \
-            if value.numel() > 6 else f"tensor({value.detach().tolist()})"
-    elif isinstance(value, np.ndarray):
-        text = f"array(shape={value.shape}, {value.flatten()[:6].tolist()}...)" \
-            if value.size > 6 else f"array({value.tolist()})"
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        kind = "tensor" if isinstance(value, torch.Tensor) else "array"
+        flat = (value.detach().flatten() if kind == "tensor" else value.flatten()).tolist()
+        numbers = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in flat[:6])
+        text = (f"{kind}(shape={tuple(value.shape)}, [{numbers}, ...])" if len(flat) > 6
+                else f"{kind}([{numbers}])")
     else:
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
