@@ -1,5 +1,6 @@
 """The tiny attention-only language model of chapter 04: shapes, causality, training, caching."""
 
+import pytest
 import torch
 
 from utils import attention_lm
@@ -53,9 +54,24 @@ def test_training_learns_a_repeating_pattern():
     assert losses[-1][0] == 60 and not model.training
 
 
-def test_training_stops_at_time_budget():
-    losses = train(tiny(), torch.arange(12).repeat(20), steps=10_000, max_seconds=0.0)
-    assert losses[-1][0] == 1
+def test_training_runs_exactly_the_steps_asked():
+    losses = train(tiny(), torch.arange(12).repeat(20), steps=7, log_every=3)
+    assert [step for step, _ in losses] == [1, 4, 7]
+    with pytest.raises(ValueError, match="steps"):
+        train(tiny(), torch.arange(12).repeat(20), steps=0)
+
+
+def test_training_is_reproducible():
+    data = torch.arange(12).repeat(20)
+    model_a, model_b = tiny(), tiny()
+    assert train(model_a, data, steps=5) == train(model_b, data, steps=5)
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_default_steps_are_a_fixed_count():
+    assert attention_lm.default_steps(torch.device("cpu")) == 1890
+    assert attention_lm.default_steps(torch.device("cuda")) == 3000
 
 
 def test_head_patterns_and_maps():
@@ -72,14 +88,35 @@ def test_head_patterns_and_maps():
 def test_load_or_train_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(attention_lm, "run_dir", lambda name: tmp_path)
     model, tok, info = attention_lm.load_or_train(steps=2, verbose=False)
-    assert not info["loaded"] and info["steps"] == 2 and list(tmp_path.glob("*.pt"))
+    assert not info["loaded"] and info["steps"] == 2
+    (path,) = tmp_path.glob("*.pt")
+    assert "steps2" in path.name and f"v{tok.vocab_size}" in path.name
+    assert torch.load(path, weights_only=True)["steps"] == 2
     again, _, info2 = attention_lm.load_or_train(steps=2, verbose=False)
-    assert info2["loaded"] and info2["losses"] == info["losses"]
+    assert info2["loaded"] and info2["losses"] == info["losses"] and info2["steps"] == 2
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert tok.vocab_size == model.cfg.vocab_size
 
 
-def test_min_steps_beats_time_budget():
-    losses = train(tiny(), torch.arange(12).repeat(20), steps=100, max_seconds=0.0, min_steps=5)
-    assert losses[-1][0] == 5
+def test_a_cache_with_other_steps_is_retrained_not_loaded(tmp_path, monkeypatch):
+    """The old bug: a model cut short by a time budget was stored under the full run's name."""
+    monkeypatch.setattr(attention_lm, "run_dir", lambda name: tmp_path)
+    attention_lm.load_or_train(steps=1, verbose=False)
+    (short,) = tmp_path.glob("*.pt")
+    asked = short.with_name(short.name.replace("steps1", "steps3"))
+    short.rename(asked)  # a 1-step model under the 3-step name
+    _, _, info = attention_lm.load_or_train(steps=3, verbose=False)
+    assert not info["loaded"] and info["steps"] == 3 and info["losses"][-1][0] == 3
+    assert torch.load(asked, weights_only=True)["steps"] == 3  # the bad file was replaced
+
+
+def test_a_cache_without_recorded_steps_is_retrained(tmp_path, monkeypatch):
+    monkeypatch.setattr(attention_lm, "run_dir", lambda name: tmp_path)
+    attention_lm.load_or_train(steps=1, verbose=False)
+    (path,) = tmp_path.glob("*.pt")
+    saved = torch.load(path, weights_only=True)
+    del saved["steps"]  # what caches written before steps were recorded look like
+    torch.save(saved, path)
+    _, _, info = attention_lm.load_or_train(steps=1, verbose=False)
+    assert not info["loaded"]

@@ -66,3 +66,11 @@ def test_batches_reach_the_last_token():
 def test_batch_needs_more_data_than_block():
     with pytest.raises(ValueError, match="block_size"):
         get_batch(torch.arange(5), 2, 5)
+
+
+@pytest.mark.parametrize(("batch_size", "block_size", "named"), [
+    (2, 0, "block_size=0"), (2, -3, "block_size=-3"), (0, 4, "batch_size=0"),
+    (-1, 4, "batch_size=-1")])
+def test_batch_rejects_sizes_below_one(batch_size, block_size, named):
+    with pytest.raises(ValueError, match=named):
+        get_batch(torch.arange(100), batch_size, block_size)

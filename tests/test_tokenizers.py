@@ -173,3 +173,152 @@ def test_verbose_training_reports_each_merge(capsys):
     BPETokenizer().train("aaab aab", vocab_size=258, verbose=True)
     out = capsys.readouterr().out
     assert "merge    1/2" in out and "b'aa'" in out and "trained 2 merges" in out
+
+
+# -- special tokens ------------------------------------------------------------------------
+def test_training_never_merges_across_or_into_a_special_token():
+    text = "ab<|endoftext|>cd<|endoftext|>" * 50 + "ab cd"
+    tok = BPETokenizer(special_tokens=["<|endoftext|>"])
+    tok.train(text, vocab_size=300)
+    learned = [tok.vocab[i] for i in tok.merges.values()]
+    # Only the text between the special tokens is trained on: chunks 'ab' x51, 'cd' x50,
+    # ' cd' x1; then nothing is left to merge (no '<|', 'endoftext', '|>cd' ...).
+    assert learned == [b"ab", b"cd", b" cd"]
+    assert tok.special_tokens == {"<|endoftext|>": tok.vocab_size - 1}
+
+
+def test_training_with_special_tokens_equals_training_on_the_pieces_between():
+    pieces = ["the cat sat", " on the mat", "the hat"]
+    with_specials = BPETokenizer(special_tokens=["<eot>", "<pad>"])
+    with_specials.train("<eot>".join(pieces) + "<pad>", vocab_size=256 + 8 + 2)
+    reference = {}
+    for _ in range(8):  # the naive trainer on the pieces, pooled
+        counts = {}
+        chunks = [list(c.encode()) for p in pieces for c in split_chunks(p)]
+        for new_id, pair in enumerate(reference, start=256):
+            chunks = [merge(c, pair, new_id) for c in chunks]
+        for c in chunks:
+            get_pair_counts(c, counts)
+        reference[max(counts, key=lambda p: (counts[p], -p[0], -p[1]))] = 256 + len(reference)
+    assert with_specials.merges == reference
+
+
+@pytest.mark.parametrize("allowed", ["none", set(), frozenset()])
+def test_allowed_special_none_encodes_special_text_as_plain_text(trained, allowed):
+    text = "a<|endoftext|>b"
+    assert trained.encode(text, allowed_special=allowed) == trained.encode_ordinary(text)
+    assert trained.special_tokens["<|endoftext|>"] not in trained.encode(text, allowed)
+    assert trained.decode(trained.encode(text, allowed_special=allowed)) == text
+
+
+def test_allowed_special_honours_only_the_named_tokens():
+    tok = BPETokenizer(special_tokens=["<a>", "<b>"])
+    a, b = tok.special_tokens["<a>"], tok.special_tokens["<b>"]
+    assert tok.encode("<a><b>") == [a, b] == tok.encode("<a><b>", allowed_special="all")
+    assert tok.encode("<a><b>", allowed_special={"<b>"}) == [*b"<a>", b]
+    assert tok.encode("<a><b>", allowed_special=["<a>"]) == [a, *b"<b>"]
+
+
+@pytest.mark.parametrize(("allowed", "message"), [
+    ("<|endoftext|>", "the string"), ({"<|unknown|>"}, "not special tokens"),
+    ("everything", "the string")])
+def test_allowed_special_mistakes_are_refused(trained, allowed, message):
+    with pytest.raises(ValueError, match=message):
+        trained.encode("hi", allowed_special=allowed)
+
+
+def test_longest_special_token_wins():
+    tok = BPETokenizer(special_tokens=["<s>", "<s>!"])
+    assert tok.encode("<s>!<s>") == [tok.special_tokens["<s>!"], tok.special_tokens["<s>"]]
+
+
+def test_special_tokens_as_a_string_are_refused_not_split_into_characters():
+    with pytest.raises(TypeError, match=r"\['<\|endoftext\|>'\]"):
+        BPETokenizer(special_tokens="<|endoftext|>")
+
+
+@pytest.mark.parametrize(("special_tokens", "message"), [
+    ([""], "non-empty"), (["<s>", ""], "non-empty"), (["<s>", "<s>"], "repeated"),
+    ([None], "non-empty"), (["<a>", "<b>", "<a>"], r"\['<a>'\]")])
+def test_bad_special_tokens_are_refused(special_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer(special_tokens=special_tokens)
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer.from_merges([], special_tokens)
+
+
+# -- decoding ids that do not exist -----------------------------------------------------------
+@pytest.mark.parametrize("bad_id", [-1, -300, 10**6])
+def test_decode_of_an_id_out_of_range_names_it(trained, bad_id):
+    for tok in (trained, CharTokenizer("abc"), WordTokenizer("a b c")):
+        with pytest.raises(ValueError, match=rf"id {bad_id}\b"):
+            tok.decode([0, bad_id])
+
+
+def test_decode_of_the_first_id_past_the_end_names_it(trained):
+    for tok in (trained, CharTokenizer("abc"), WordTokenizer("a b c")):
+        with pytest.raises(ValueError, match=rf"id {tok.vocab_size}\b"):
+            tok.decode([tok.vocab_size])
+        tok.decode([tok.vocab_size - 1])  # the last id is fine
+
+
+def test_decode_accepts_integer_like_ids_and_refuses_floats(trained):
+    import torch
+
+    assert trained.decode(torch.tensor([104, 105])) == "hi"
+    assert CharTokenizer("hi").decode(torch.tensor([1, 0])) == "ih"
+    with pytest.raises(TypeError, match="integers"):
+        trained.decode([104.0])
+
+
+# -- lone surrogates --------------------------------------------------------------------------
+def test_training_accepts_lone_surrogates_like_encode():
+    text = "ab\ud800 ab\ud800 ab\udfff"
+    tok = BPETokenizer()
+    tok.train(text, vocab_size=262)  # used to raise UnicodeEncodeError
+    assert tok.merges == train_bpe_naive(text, 6)
+    assert any(b"\xed" in tok.vocab[i] for i in tok.merges.values())  # surrogate bytes merged
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(text)) < len(text.encode("utf-8", "surrogatepass"))
+
+
+# -- load: clear errors -----------------------------------------------------------------------
+def _saved_text(trained, tmp_path):
+    path = tmp_path / "tok.json"
+    trained.save(path)
+    return path.read_text()
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda good: "", "is empty"),
+    (lambda good: "  \n", "is empty"),
+    (lambda good: good[: len(good) // 2], "truncated or corrupted"),
+    (lambda good: good.replace('"merges": [[', '"merges": [[999999, ', 1), "corrupted"),
+    (lambda good: good.replace('"merges"', '"merged"'), "missing entry 'merges'"),
+    (lambda good: good.replace('"merges": [[', '"merges": [[1], [', 1), "merge 0 is"),
+    (lambda good: good.replace('"special_tokens": ["<|endoftext|>"]',
+                               '"special_tokens": "<|endoftext|>"'), "corrupted"),
+    (lambda good: '{"model": {"type": "BPE"}}', "not a tokenizer saved by BPETokenizer.save"),
+    (lambda good: "[1, 2, 3]", "not a tokenizer saved by BPETokenizer.save"),
+])
+def test_load_of_a_bad_file_names_the_file_and_the_problem(trained, tmp_path, make, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(make(_saved_text(trained, tmp_path)))
+    with pytest.raises(ValueError, match=message) as error:
+        BPETokenizer.load(bad)
+    assert str(bad) in str(error.value)
+
+
+def test_load_of_a_binary_file_names_the_file(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="not valid JSON") as error:
+        BPETokenizer.load(bad)
+    assert str(bad) in str(error.value)
+
+
+def test_bad_merges_are_refused_by_from_merges():
+    with pytest.raises(ValueError, match="merge 1 joins ids 256 and 300"):
+        BPETokenizer.from_merges([(1, 2), (256, 300)])
+    with pytest.raises(ValueError, match="merge 0 is"):
+        BPETokenizer.from_merges([(1, 2, 3)])

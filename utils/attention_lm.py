@@ -1,12 +1,13 @@
 """A tiny character-level language model made of attention layers (chapter 04).
 
 It exists to show what trained heads look at. Two layers of causal MultiHeadAttention with
-residual connections and a small MLP, about 100k parameters, trained for under a minute on a
-laptop CPU and cached under runs/attention_lm/. Chapter 05 explains the LayerNorm and MLP
-pieces, chapter 06 the causal mask, and chapter 07 builds the real GPT and trainer; this file
-keeps only what is needed to get heads worth looking at.
+residual connections and a small MLP, about 100k parameters, trained for a fixed number of
+steps (under a minute on a laptop CPU; the same model on every machine) and cached under
+runs/attention_lm/. Chapter 05 explains the LayerNorm and MLP pieces, chapter 06 the causal
+mask, and chapter 07 builds the real GPT and trainer; this file keeps only what is needed to
+get heads worth looking at.
 
-    model, tokenizer = load_or_train()            # trains once, then loads from runs/
+    model, tokenizer, info = load_or_train()      # trains once, then loads from runs/
     logits, loss, weights = model(idx, need_weights=True)   # weights: one [B, h, T, T] per layer
 """
 
@@ -92,25 +93,24 @@ class AttentionLM(nn.Module):
         return logits, loss, (all_weights if need_weights else None)
 
 
-MIN_STEPS = 150  # enough for clear previous-token heads, even on a slow or busy machine
+def default_steps(device: torch.device) -> int:
+    """Training steps for the chapter's model: about 35 s on a 2-core CPU, 3000 on a GPU.
 
-
-def default_budget(device: torch.device) -> tuple[int, float]:
-    """(max steps, max seconds): about 35 s on a CPU, which gets through a few hundred to
-    two thousand steps depending on the machine; a GPU does 3000 steps in about that time."""
-    return (3000, 120.0) if device.type == "cuda" else (2000, 35.0)
+    A fixed step count, not a time budget, so every machine trains the same model and the
+    chapter's numbers reproduce (1890 CPU steps is the run the chapter's text describes).
+    """
+    return 3000 if device.type == "cuda" else 1890
 
 
 def train(model: AttentionLM, data: torch.Tensor, steps: int, batch_size: int = 32,
-          lr: float = 1e-2, seed: int = 0, log_every: int = 10,
-          max_seconds: float | None = None, min_steps: int = 0) -> list[tuple[int, float]]:
-    """Plain AdamW on random windows, for `steps` steps or until `max_seconds` have passed
-    (but at least `min_steps`).
+          lr: float = 1e-2, seed: int = 0, log_every: int = 10) -> list[tuple[int, float]]:
+    """Plain AdamW on random windows for `steps` steps.
 
     Returns (step, loss) every `log_every` steps and at the last step.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     device = next(model.parameters()).device
-    start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     losses = []
@@ -121,67 +121,63 @@ def train(model: AttentionLM, data: torch.Tensor, steps: int, batch_size: int = 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        out_of_time = (max_seconds is not None and step + 1 >= min_steps
-                       and time.perf_counter() - start > max_seconds)
-        if step % log_every == 0 or step == steps - 1 or out_of_time:
+        if step % log_every == 0 or step == steps - 1:
             losses.append((step + 1, loss.item()))
-        if out_of_time:
-            break
     model.eval()
     return losses
 
 
 def load_or_train(device: torch.device | str = "cpu", steps: int | None = None,
-                  max_seconds: float | None = None, verbose: bool = True,
-                  ) -> tuple[AttentionLM, CharTokenizer, dict]:
+                  verbose: bool = True) -> tuple[AttentionLM, CharTokenizer, dict]:
     """The chapter's model: loaded from runs/attention_lm/ if trained before, else trained now.
 
-    Training stops after `steps` steps or `max_seconds` (defaults: `default_budget`), but
-    not before MIN_STEPS steps.
+    It trains for `steps` steps (default: `default_steps(device)`). The checkpoint's name
+    says what it holds (config, steps trained, device type), and it also records its steps
+    and config inside: a file that does not hold exactly this config trained for exactly
+    `steps` steps is never loaded; the model is trained again and the file replaced.
     Returns (model in eval mode on `device`, tokenizer, info) where info holds the config,
-    the (step, loss) curve, training seconds and where the checkpoint is.
+    the steps trained, the (step, loss) curve, training seconds and where the checkpoint is.
     """
     device = torch.device(device)
     text = load_corpus()
     tokenizer = CharTokenizer(text)
     cfg = LMConfig(vocab_size=tokenizer.vocab_size)
-    default_steps, default_seconds = default_budget(device)
-    steps = default_steps if steps is None else steps
-    max_seconds = default_seconds if max_seconds is None else max_seconds
-    path = run_dir("attention_lm") / (f"d{cfg.d_model}_h{cfg.n_heads}_l{cfg.n_layers}"
-                                      f"_t{cfg.block_size}_s{steps}_{device.type}.pt")
+    steps = default_steps(device) if steps is None else steps
+    name = (f"d{cfg.d_model}_h{cfg.n_heads}_l{cfg.n_layers}_t{cfg.block_size}"
+            f"_v{cfg.vocab_size}_steps{steps}_{device.type}.pt")
+    path = run_dir("attention_lm") / name
     torch.manual_seed(0)
     model = AttentionLM(cfg).to(device)
-    if path.exists():
-        saved = torch.load(path, map_location=device, weights_only=True)
+    saved = torch.load(path, map_location=device, weights_only=True) if path.exists() else None
+    if saved is not None and saved.get("steps") == steps and saved.get("config") == asdict(cfg):
         model.load_state_dict(saved["state_dict"])
-        info = {"config": asdict(cfg), "steps": saved["losses"][-1][0], "losses": saved["losses"],
-                "seconds": saved["seconds"], "checkpoint": f"runs/attention_lm/{path.name}",
-                "loaded": True}
-        if verbose:
-            print(f"loaded the trained model from runs/attention_lm/{path.name}")
         model.eval()
-        return model, tokenizer, info
+        if verbose:
+            print(f"loaded the model trained for {steps} steps from runs/attention_lm/{name}")
+        return model, tokenizer, {"config": asdict(cfg), "steps": steps, "losses": saved["losses"],
+                                  "seconds": saved["seconds"], "loaded": True,
+                                  "checkpoint": f"runs/attention_lm/{name}"}
+    if saved is not None and verbose:
+        print(f"runs/attention_lm/{name} holds {saved.get('steps', 'an unknown number of')} "
+              "steps or another config; training again")
     train_data, _ = train_val_split(torch.tensor(tokenizer.encode(text)))
-    start = time.perf_counter()
     if verbose:
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters for "
-              f"up to {steps} steps or {max_seconds:.0f} s on {device.type} "
-              "(once; cached under runs/attention_lm/) ...")
-    losses = train(model, train_data, steps, max_seconds=max_seconds,
-                   min_steps=min(MIN_STEPS, steps))
+              f"{steps} steps on {device.type} (once; cached under runs/attention_lm/) ...")
+    start = time.perf_counter()
+    losses = train(model, train_data, steps)
     seconds = time.perf_counter() - start
     # Write then rename, so a notebook and a test running side by side never read half a file.
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"state_dict": model.state_dict(), "losses": losses, "seconds": seconds,
-                "config": asdict(cfg)}, partial)
+    torch.save({"state_dict": model.state_dict(), "steps": losses[-1][0], "losses": losses,
+                "seconds": seconds, "config": asdict(cfg)}, partial)
     os.replace(partial, path)
     if verbose:
         print(f"done: {losses[-1][0]} steps in {seconds:.0f} s, loss {losses[0][1]:.2f} -> "
               f"{losses[-1][1]:.2f}")
-    info = {"config": asdict(cfg), "steps": losses[-1][0], "losses": losses, "seconds": seconds,
-            "checkpoint": f"runs/attention_lm/{path.name}", "loaded": False}
-    return model, tokenizer, info
+    return model, tokenizer, {"config": asdict(cfg), "steps": losses[-1][0], "losses": losses,
+                              "seconds": seconds, "loaded": False,
+                              "checkpoint": f"runs/attention_lm/{name}"}
 
 
 @torch.no_grad()

@@ -67,6 +67,9 @@ def get_batch(
     >>> x.shape, bool((y[:, :-1] == x[:, 1:]).all())
     (torch.Size([2, 4]), True)
     """
+    if block_size < 1 or batch_size < 1:
+        raise ValueError(f"block_size and batch_size must be at least 1, got "
+                         f"block_size={block_size}, batch_size={batch_size}")
     data = torch.as_tensor(data, dtype=torch.long)
     if data.dim() != 1:
         raise ValueError(f"data must be a 1-D sequence of token ids, got shape {tuple(data.shape)}")
