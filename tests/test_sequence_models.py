@@ -57,3 +57,26 @@ def test_timing_reports_every_length():
     assert [r["seq_len"] for r in rows] == [4, 8]
     assert all(r["rnn_steps"] == r["seq_len"] and r["attention_steps"] == 1 for r in rows)
     assert all(r["rnn_ms"] > 0 and r["attention_ms"] > 0 for r in rows)
+
+
+def test_gradient_matches_one_backward_pass_per_position():
+    """The forward-mode shortcut must give what T separate backward passes give."""
+    import math
+
+    torch.manual_seed(1)
+    x = torch.randn(12, 5)
+    for model in (TinyRNN(5, 6, recurrent_scale=1.2), TinyAttention(5, 6)):
+        fast = gradient_from_first_token(model, x)
+        x64 = x.double().requires_grad_(True)
+        outputs = model.double()(x64)
+        direction = torch.ones(6, dtype=torch.float64) / math.sqrt(6)
+        for t in range(12):
+            (grad,) = torch.autograd.grad(outputs[t] @ direction, x64, retain_graph=True)
+            assert torch.isclose(fast[t], grad[0].norm(), rtol=1e-9, atol=1e-300), (model, t)
+
+
+def test_compare_gradients_can_run_one_model_with_the_same_result():
+    both = compare_gradients(20, recurrent_scale=1.1)
+    assert torch.equal(compare_gradients(20, 1.1, models=("rnn",))["rnn"], both["rnn"])
+    assert torch.equal(compare_gradients(20, 0.5, models=("attention",))["attention"],
+                       both["attention"])  # attention ignores the RNN's scale

@@ -4,12 +4,32 @@ import html
 
 import pytest
 
-from utils.widgets.attention_explorer import EXAMPLES, MAX_TOKENS, attention_explorer
+from utils.widgets import attention_explorer as explorer_module
+from utils.widgets import head_cost as head_cost_module
+from utils.widgets import head_viewer as head_viewer_module
+from utils.widgets import softmax_scaling as softmax_module
+from utils.widgets.attention_explorer import (
+    EXAMPLES,
+    MAX_CHARS,
+    MAX_LABEL,
+    MAX_TOKENS,
+    attention_explorer,
+)
 from utils.widgets.softmax_scaling import D_KS, softmax_gradient_norm, softmax_scaling
 
 
 def is_png(data: bytes) -> bool:
     return data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, read from the PNG header."""
+    data = bytes(data)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def broken(*args, **kwargs):
+    raise RuntimeError("something inside broke")
 
 
 # ---- √d_k slider -------------------------------------------------------------------------
@@ -40,6 +60,13 @@ def test_unscaled_softmax_saturates_and_warns():
     assert softmax_gradient_norm(4096, False) < 1e-3 < softmax_gradient_norm(4096, True)
 
 
+def test_softmax_scaling_failure_is_a_message(monkeypatch):
+    w = softmax_scaling()
+    monkeypatch.setattr(softmax_module, "draw", broken)
+    w.controls["d_k"].value = 256  # must not raise
+    assert "Could not show" in w.message.value and "something inside broke" in w.message.value
+
+
 # ---- attention explorer ------------------------------------------------------------------
 
 
@@ -68,6 +95,33 @@ def test_explorer_bad_input_is_a_message():
     assert "Type a sentence" in w.message.value
     w.controls["text"].value = " ".join(["word"] * (MAX_TOKENS + 5))
     assert len(w.controls["query"].options) == MAX_TOKENS and "first" in w.message.value
+
+
+def test_explorer_one_huge_token_is_cut_and_quick():
+    w = attention_explorer()
+    w.controls["text"].value = "a" * 10_000  # one token: used to hang for minutes
+    assert f"only the first {MAX_CHARS}" in w.message.value
+    assert is_png(w.image.value)
+    width, height = png_size(w.image.value)
+    assert width < 1500 and height < 1500, (width, height)
+
+
+def test_explorer_long_tokens_are_shortened_in_labels():
+    w = attention_explorer()
+    w.controls["text"].value = "x" * 150 + " is long"  # used to garble the figure
+    labels = [label for label, _ in w.controls["query"].options]
+    assert len(labels) == 3 and max(len(label) for label in labels) <= MAX_LABEL
+    width, _ = png_size(w.image.value)
+    assert width < 1500, width
+
+
+def test_explorer_lone_surrogate_and_failures_are_messages(monkeypatch):
+    w = attention_explorer()
+    w.controls["text"].value = "it was " + chr(0xDC00)
+    assert "attends" in w.message.value and is_png(w.image.value)
+    monkeypatch.setattr(explorer_module, "draw", broken)
+    w.controls["query"].value = 1  # must not raise
+    assert "Could not show" in w.message.value and "something inside broke" in w.message.value
 
 
 # ---- head viewer (chapter 04) ------------------------------------------------------------
@@ -117,7 +171,58 @@ def test_head_viewer_bad_input_is_a_message(tiny_model):
     w.controls["text"].value = ""
     assert "Type some text" in w.message.value
     w.controls["text"].value = "a" * 60
-    assert "first 32 characters" in w.message.value
+    assert "only the first 32" in w.message.value
+
+
+def test_head_viewer_all_heads_off_greys_every_button(tiny_model):
+    from utils.widgets.head_viewer import OFF_COLOUR, head_viewer
+
+    w = head_viewer(*tiny_model, text="abc")
+    for toggle in w.controls["heads"]:
+        toggle.value = False
+    assert all(t.style.text_color == OFF_COLOUR for t in w.controls["heads"])  # the last one too
+
+
+def test_head_viewer_labels_every_character_of_a_long_text(tiny_model, monkeypatch):
+    from utils.widgets.head_viewer import head_viewer
+
+    seen = []
+    real = head_viewer_module.figure_to_png
+
+    def spy(fig, *args, **kwargs):
+        fig.canvas.draw()  # tick labels get their text when drawn
+        seen.append([([t.get_text() for t in ax.get_xticklabels()],
+                       [t.get_text() for t in ax.get_yticklabels()]) for ax in fig.axes])
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(head_viewer_module, "figure_to_png", spy)
+    text = "the quick brown fox jumps over t"  # 32 characters, the model's context
+    head_viewer(*tiny_model, text=text)
+    expected = [c.replace(" ", "␣") for c in text]
+    panels = seen[-1]
+    assert len(panels) == 4
+    assert sum(x == expected for x, _ in panels) == 2  # the bottom panel of each column
+    assert sum(y == expected for _, y in panels) == 2  # the first panel of each row
+
+
+def test_head_viewer_names_no_previous_token_head_without_a_previous_character(tiny_model):
+    from utils.widgets.head_viewer import head_viewer
+
+    w = head_viewer(*tiny_model, text="a")
+    assert "previous-token" not in w.message.value and "two characters" in w.message.value
+
+
+def test_head_viewer_pathological_text_and_failures_are_messages(tiny_model, monkeypatch):
+    from utils.widgets.head_viewer import head_viewer
+
+    w = head_viewer(*tiny_model, text="abc")
+    w.controls["text"].value = "ab" + chr(0xD800)
+    assert "alphabet" in w.message.value
+    w.controls["text"].value = "z" * 10_000
+    assert "only the first 32" in w.message.value and is_png(w.image.value)
+    monkeypatch.setattr(head_viewer_module, "attention_maps", broken)
+    w.controls["text"].value = "a new text"  # must not raise
+    assert "Could not show" in w.message.value and "something inside broke" in w.message.value
 
 
 # ---- heads vs width cost (chapter 04) ----------------------------------------------------
@@ -147,3 +252,12 @@ def test_head_cost_impossible_combinations_are_messages():
     assert "must divide" in w.message.value
     w.controls["n_kv_heads"].value = 1
     assert "MQA" not in w.message.value and "12%" in w.message.value
+
+
+def test_head_cost_failure_is_a_message(monkeypatch):
+    from utils.widgets.head_cost import head_cost
+
+    w = head_cost()
+    monkeypatch.setattr(head_cost_module, "attention_cost", broken)
+    w.controls["T"].value = 2048  # must not raise
+    assert "Could not show" in w.message.value and "something inside broke" in w.message.value

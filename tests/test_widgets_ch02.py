@@ -1,24 +1,36 @@
 """Chapter 02 widgets driven from Python: build, set a control's value, check what changed."""
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from utils.widgets.analogy_explorer import analogy_explorer
-from utils.widgets.embedding_heatmap import embedding_heatmap
-from utils.widgets.positional_explorer import positional_explorer
+from utils.widgets import positional_explorer as positional_module
+from utils.widgets.analogy_explorer import MAX_WORD, analogy_explorer, is_answer_word
+from utils.widgets.embedding_heatmap import MAX_CHARS, embedding_heatmap
+from utils.widgets.positional_explorer import _alibi, positional_explorer
 from utils.word_vectors import WordVectors
 
 PNG = b"\x89PNG"
+SURROGATE = "king" + chr(0xD83D)  # half of an emoji, as a bad paste can leave it
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, read from the PNG header."""
+    data = bytes(data)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 @pytest.fixture(scope="module")
 def vectors() -> WordVectors:
     """A small made-up vocabulary: building the real one takes seconds, and is tested apart."""
-    words = ["king", "queen", "man", "woman", "thou", "thee", "day", "night", "apple"]
+    words = ["king", "queen", "man", "woman", "thou", "thee", "day", "night", "apple", "p"]
     g = torch.Generator().manual_seed(0)
     v = torch.randn(len(words), 10, generator=g)
     v[1] = v[0] - v[2] + v[3] + 0.05 * torch.randn(10, generator=g)  # queen = king - man + woman
-    return WordVectors(words, v / v.norm(dim=1, keepdim=True))
+    v = v / v.norm(dim=1, keepdim=True)
+    target = v[0] - v[2] + v[3]
+    v[9] = target / target.norm()  # a stray letter "p", exactly at king - man + woman
+    return WordVectors(words, v)
 
 
 # ---- positional explorer --------------------------------------------------------------------
@@ -118,3 +130,59 @@ def test_analogy_explorer_unknown_words_give_a_message(vectors):
     assert "unicorn" in w.message.value
     w.controls["word"].value = ""
     assert "type a word" in w.message.value
+
+
+def test_alibi_panel_has_the_dashed_curve_from_position_0():
+    fig, (ax_pattern, ax_score) = plt.subplots(1, 2)
+    _alibi(ax_pattern, ax_score, T=16, n_heads=4, position=5, head=1)
+    dashed = [line for line in ax_score.get_lines() if line.get_linestyle() == "--"]
+    chosen = [line for line in ax_score.get_lines() if "p=5" in line.get_label()]
+    plt.close(fig)
+    assert len(dashed) == 1 and list(dashed[0].get_xdata()) == list(range(16))
+    # the two curves coincide where they overlap: the bias depends on the offset only
+    offsets, bias = chosen[0].get_xdata(), chosen[0].get_ydata()
+    from_zero = dict(zip(dashed[0].get_xdata(), dashed[0].get_ydata(), strict=True))
+    assert all(abs(b - from_zero[k]) < 1e-6 for k, b in zip(offsets, bias, strict=True) if k >= 0)
+
+
+def test_positional_explorer_failure_is_a_message(monkeypatch):
+    w = positional_explorer(T=32, d_model=16)
+
+    def broken(*args):
+        raise ValueError("bad angle")
+
+    monkeypatch.setattr(positional_module, "_rope", broken)
+    w.controls["kind"].value = "RoPE"  # must not raise
+    assert "Could not show" in w.message.value and "bad angle" in w.message.value
+
+
+def test_heatmap_reads_words_like_the_corpus_and_lists_unknowns_once(vectors):
+    w = embedding_heatmap(vectors, words="king")
+    w.controls["words"].value = "King, queen. zebra zebra ZEBRA"
+    assert "2 words" in w.message.value
+    assert w.message.value.count("zebra") == 1 and "king" not in w.message.value.split(":")[-1]
+
+
+def test_heatmap_pathological_text_is_a_message(vectors):
+    w = embedding_heatmap(vectors, words="king")
+    w.controls["words"].value = SURROGATE + " queen"
+    assert "queen" in w.message.value or "words x" in w.message.value
+    w.controls["words"].value = "king " * 5000
+    assert f"first {MAX_CHARS:,}" in w.message.value and "1 words" in w.message.value
+
+
+def test_analogy_explorer_surrogate_and_huge_word_are_messages(vectors):
+    w = analogy_explorer(vectors, k=3)
+    w.controls["word"].value = SURROGATE  # used to raise out of the callback
+    assert "not in the" in w.message.value and bytes(w.image.value).startswith(PNG)
+    w.controls["c"].value = "x" * 10_000
+    assert f"only the first {MAX_WORD}" in w.message.value
+    width, height = png_size(w.image.value)
+    assert width < 1500 and height < 1500, (width, height)
+
+
+def test_analogy_explorer_drops_stray_single_letters(vectors):
+    assert [w for w in ("p", "a", "i", "o", "s", "pp") if is_answer_word(w)] == ["a", "i", "o", "pp"]
+    assert vectors.analogy("man", "woman", "king", k=1)[0][0] == "p"  # the plant works
+    w = analogy_explorer(vectors, a="man", b="woman", c="king", k=3)
+    assert "king : queen" in w.message.value

@@ -1,4 +1,7 @@
-from utils.widgets.gradient_distance import gradient_distance_explorer
+import torch
+
+from utils.widgets import gradient_distance
+from utils.widgets.gradient_distance import describe, gradient_distance_explorer
 
 
 def test_moving_position_changes_readout_and_plot():
@@ -24,7 +27,47 @@ def test_recurrent_scale_changes_rnn_numbers():
     assert w.readout.value != before and "RNN" in w.readout.value
 
 
+def test_changing_the_scale_reuses_the_attention_curve(monkeypatch):
+    w = gradient_distance_explorer(seq_len=30)
+    asked = []
+    real = gradient_distance.compare_gradients
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("models"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gradient_distance, "compare_gradients", spy)
+    w.controls["recurrent_scale"].value = 1.2
+    w.controls["position"].value = 3
+    assert asked == [("rnn",)]  # attention does not depend on the RNN's scale; t needs nothing
+    w.controls["seq_len"].value = 60
+    assert asked == [("rnn",), ("rnn", "attention")]
+
+
 def test_extremes_stay_finite():
     w = gradient_distance_explorer(seq_len=300, recurrent_scale=0.5)
     w.controls["position"].value = 300
     assert "nan" not in w.readout.value.lower() and "error" not in w.readout.value.lower()
+
+
+def test_readout_names_the_stronger_model_first():
+    grads = {"rnn": torch.tensor([0.9, 1e-3]), "attention": torch.tensor([0.3, 0.5])}
+    assert "the RNN hears token 1 about 3× more strongly than attention" in describe(grads, 1)
+    assert "attention hears token 1 about 500× more strongly than the RNN" in describe(grads, 2)
+    assert "×" in describe(grads, 1) and "e-01×" not in describe(grads, 1)  # never a ratio < 1
+    silent = {"rnn": torch.tensor([0.0]), "attention": torch.tensor([0.0])}
+    assert "neither model" in describe(silent, 1)
+
+
+def test_a_failing_computation_is_a_message_not_a_traceback(monkeypatch):
+    w = gradient_distance_explorer(seq_len=30)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(gradient_distance, "compare_gradients", broken)
+    w.controls["seq_len"].value = 40  # must not raise
+    assert "Could not show" in w.readout.value and "out of memory" in w.readout.value
+    monkeypatch.undo()
+    w.controls["seq_len"].value = 50  # and the widget still works afterwards
+    assert "At position" in w.readout.value

@@ -5,7 +5,8 @@ import re
 import ipywidgets
 import pytest
 
-from utils.widgets.tokenizer_playground import tokenizer_playground
+from utils.widgets import tokenizer_playground as playground_module
+from utils.widgets.tokenizer_playground import DEFAULT_TEXT, MAX_CHARS, tokenizer_playground
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,34 @@ def test_unknown_characters_show_a_message_and_bpe_still_works(playground):
 def test_very_long_text_is_cut_with_a_message(playground):
     playground.controls["text"].value = "to be or not " * 1000
     html = playground.outputs["html"].value
-    assert "showing the first" in html
-    assert token_count(html, "char") == 600
+    assert f"only the first {MAX_CHARS}" in html
+    assert token_count(html, "char") == MAX_CHARS
 
 
 def test_html_pieces_are_escaped(playground):
     playground.controls["text"].value = "<script>alert(1)</script>"
     assert "<script>" not in playground.outputs["html"].value
+
+
+def test_characters_without_an_id_are_counted_and_shown(playground):
+    playground.controls["text"].value = DEFAULT_TEXT  # ends in an emoji the corpus never has
+    html = playground.outputs["html"].value
+    missing = int(re.search(r"<b>char</b>: \d+ tokens \+ (\d+) character", html).group(1))
+    assert token_count(html, "char") + missing == len(DEFAULT_TEXT)
+    assert missing == 1 and "🙂" in html  # the emoji is shown, marked, not dropped
+
+
+def test_lone_surrogate_is_shown_not_raised(playground):
+    playground.controls["text"].value = "half an emoji: " + chr(0xD83D)
+    html = playground.outputs["html"].value
+    assert token_count(html, "BPE 512") > 0 and "Could not" not in html
+
+
+def test_a_failing_tokenizer_is_a_message(playground, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(playground_module, "tokenize_all", broken)
+    playground.controls["text"].value = "something new"  # must not raise
+    html = playground.outputs["html"].value
+    assert "Could not show" in html and "tokenizer exploded" in html

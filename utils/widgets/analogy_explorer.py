@@ -9,8 +9,19 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import (
+    cap_text,
+    clean_text,
+    figure_to_png,
+    guarded,
+    message_html,
+    watch,
+    widget_box,
+)
 from utils.word_vectors import WordVectors
+
+MAX_WORD = 30  # characters per box: no word of the vocabulary is longer, and titles stay short
+SINGLE_LETTER_WORDS = {"a", "i", "o"}  # other one-letter "words" are debris such as "p" in "p's"
 
 
 def _bars(ax, results: list[tuple[str, float]], title: str) -> None:
@@ -26,11 +37,22 @@ def _bars(ax, results: list[tuple[str, float]], title: str) -> None:
     ax.set(title=title, xlabel="cosine similarity", xlim=(min(0.0, min(scores)), 1.0))
 
 
+def is_answer_word(word: str) -> bool:
+    """Whether `word` may be shown as an answer: single letters other than a, i, o are the
+    leftovers of cut-off words (the "p" of "p's"), not answers a reader can use.
+
+    >>> [w for w in ("queen", "p", "i") if is_answer_word(w)]
+    ['queen', 'i']
+    """
+    return len(word) > 1 or word in SINGLE_LETTER_WORDS
+
+
 def analogy_explorer(vectors: WordVectors, word: str = "king", a: str = "man",
                      b: str = "woman", c: str = "king", k: int = 8) -> widgets.VBox:
     """Build the explorer. Controls are in `box.controls` ("word", "a", "b", "c": Text,
     "k": how many answers); the figure is `box.image`, messages `box.message`. An unknown
-    word leaves its panel empty and says which word is missing."""
+    word leaves its panel empty and says which word is missing; each box is cut to
+    MAX_WORD characters (the message says so)."""
     style = {"description_width": "initial"}
     word_box = widgets.Text(value=word, description="neighbours of", style=style,
                             continuous_update=False)
@@ -43,26 +65,37 @@ def analogy_explorer(vectors: WordVectors, word: str = "king", a: str = "man",
     image = widgets.Image(format="png")
     message = widgets.HTML()
 
+    def read(box: widgets.Text, warnings: list[str]) -> str:
+        text, warning = cap_text(clean_text(box.value).strip().lower(), MAX_WORD, "word")
+        if warning:
+            warnings.append(warning)
+        return text
+
     def missing(*words: str) -> list[str]:
         return [w for w in words if w not in vectors]
 
+    def answers_for(found: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        return [(w, s) for w, s in found if is_answer_word(w)][:k_slider.value]
+
+    @guarded(message, "this question")
     def redraw(_change=None) -> None:
-        notes, level = [], "info"
-        query = word_box.value.strip().lower()
-        a_, b_, c_ = (boxes[n].value.strip().lower() for n in ("a", "b", "c"))
+        notes, level, warnings = [], "info", []
+        query = read(word_box, warnings)
+        a_, b_, c_ = (read(boxes[n], warnings) for n in ("a", "b", "c"))
         neighbours, answers = [], []
+        extra = k_slider.value + 10  # room for the one-letter words filtered out
         if not query or missing(query):
             notes.append(f"'{query}' is not in the {len(vectors)}-word vocabulary (lowercase "
                          "words from the plays)" if query else "type a word")
             level = "warning"
         else:
-            neighbours = vectors.nearest(query, k=k_slider.value)
+            neighbours = answers_for(vectors.nearest(query, k=extra))
         unknown = missing(a_, b_, c_)
         if unknown:
             notes.append("not in the vocabulary: " + ", ".join(repr(w) for w in unknown))
             level = "warning"
         else:
-            answers = vectors.analogy(a_, b_, c_, k=k_slider.value)
+            answers = answers_for(vectors.analogy(a_, b_, c_, k=extra))
             best = answers[0][0] if answers else "?"
             notes.append(f"{a_} : {b_} :: {c_} : {best}  (best answer)")
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.3 * k_slider.value + 2))
@@ -70,13 +103,9 @@ def analogy_explorer(vectors: WordVectors, word: str = "king", a: str = "man",
         _bars(ax2, answers, f"{b_} - {a_} + {c_} =")
         fig.tight_layout()
         image.value = figure_to_png(fig)
-        message.value = message_html("; ".join(notes), level)
+        message.value = "".join(warnings) + message_html("; ".join(notes), level)
 
-    for control in (word_box, *boxes.values(), k_slider):
-        control.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([word_box, k_slider]),
-                        widgets.HBox(list(boxes.values())), image, message])
-    box.controls = {"word": word_box, **boxes, "k": k_slider}
-    box.image, box.message = image, message
-    return box
+    controls = {"word": word_box, **boxes, "k": k_slider}
+    watch(controls, redraw)
+    return widget_box([widgets.HBox([word_box, k_slider]), widgets.HBox(list(boxes.values())),
+                       image, message], controls, image=image, message=message)

@@ -19,7 +19,14 @@ import torch
 from matplotlib.patches import Arc
 
 from utils.attention import AttentionHead
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import (
+    cap_text,
+    clean_text,
+    figure_to_png,
+    guarded,
+    message_html,
+    widget_box,
+)
 
 EXAMPLES = [
     "The merchant chargeback rate is high",
@@ -27,6 +34,8 @@ EXAMPLES = [
     "The cat sat on the mat because the mat was warm",
 ]
 MAX_TOKENS = 14
+MAX_CHARS = 200    # of typed text: fourteen tokens of ordinary words fit easily
+MAX_LABEL = 12     # characters of a token shown under the arcs; longer ones end in "…"
 D_MODEL, D_HEAD = 16, 6
 
 
@@ -39,9 +48,19 @@ def tokenize(text: str) -> list[str]:
     return re.findall(r"[A-Za-z0-9']+|[^\sA-Za-z0-9']", text)
 
 
+def short(token: str, limit: int = MAX_LABEL) -> str:
+    """A token cut to `limit` characters for a label, so one long token can't swamp the figure.
+
+    >>> short("chargeback"), short("antidisestablishmentarianism")
+    ('chargeback', 'antidisesta…')
+    """
+    return token if len(token) <= limit else token[:limit - 1] + "…"
+
+
 class ToyModel:
-    """Word vectors derived from each word's spelling (same word, same vector, whatever the
-    sentence), a small position signal, and one AttentionHead with seed 0."""
+    """A random but fixed vector per word (seeded by the word itself, so the same word gets
+    the same vector in every sentence; the vectors carry no meaning and no spelling), a small
+    position signal, and one AttentionHead with seed 0."""
 
     def __init__(self, seed: int = 0) -> None:
         torch.manual_seed(seed)
@@ -52,6 +71,7 @@ class ToyModel:
 
     @staticmethod
     def embed_word(word: str) -> torch.Tensor:
+        # a checksum of the lowercased word picks the random seed: fixed, but arbitrary
         g = torch.Generator().manual_seed(zlib.crc32(word.lower().encode()))
         return torch.randn(D_MODEL, generator=g)
 
@@ -78,15 +98,15 @@ def draw(tokens: list[str], query: int, model: ToyModel) -> bytes:
         arcs.add_patch(Arc((centre, 0), width, 0.6 * width, theta1=0, theta2=180,
                            lw=0.5 + 12 * wj, color="tab:red", alpha=0.3 + 0.7 * wj))
     for j, token in enumerate(tokens):
-        arcs.text(j, -0.15, token, ha="center", va="top", rotation=30,
+        arcs.text(j, -0.15, short(token), ha="center", va="top", rotation=30,
                   fontweight="bold" if j == query else "normal",
                   color="tab:red" if j == query else "black")
     arcs.set_xlim(-0.7, T - 0.3)
     arcs.set_ylim(-1.0, 0.3 * max(query, T - 1 - query, 1) + 0.4)
     arcs.axis("off")
-    arcs.set_title(f"query = {tokens[query]!r}: arc thickness = attention weight")
+    arcs.set_title(f"query = {short(tokens[query])!r}: arc thickness = attention weight")
     bars.bar(range(T), w, color=["tab:red" if j == query else "tab:blue" for j in range(T)])
-    bars.set_xticks(range(T), tokens, rotation=30)
+    bars.set_xticks(range(T), [short(t) for t in tokens], rotation=30)
     bars.set_ylim(0, 1)
     bars.set_xlabel("key token")
     bars.set_ylabel("weight")
@@ -96,7 +116,7 @@ def draw(tokens: list[str], query: int, model: ToyModel) -> bytes:
     image = blend.imshow(grid.T, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     fig.colorbar(image, ax=blend, label="feature value (red +, blue −)")
     blend.axvline(T - 0.5, color="black", lw=2)
-    blend.set_xticks(range(T + 1), [f"v({t})" for t in tokens] + ["output"], rotation=30)
+    blend.set_xticks(range(T + 1), [f"v({short(t, 8)})" for t in tokens] + ["output"], rotation=30)
     blend.set_ylabel("feature")
     blend.set_title("value vectors (columns) and the output = Σ weight × value")
     fig.tight_layout()
@@ -107,6 +127,8 @@ def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> wid
     """Build the explorer. Controls: `w.controls["example"]` (Dropdown of sentences),
     `w.controls["text"]` (Text, any sentence) and `w.controls["query"]` (ToggleButtons, one per
     token, value = the token's position); outputs `w.image` (PNG) and `w.message` (HTML).
+    Typed text is cut to MAX_CHARS characters and MAX_TOKENS tokens (the message says so), and
+    long tokens are shortened in the labels.
 
     >>> w = attention_explorer("The merchant chargeback rate is high")
     >>> before = w.image.value
@@ -123,8 +145,9 @@ def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> wid
     buttons = widgets.ToggleButtons(options=[("?", 0)], description="query",
                                     style={"button_width": "auto"})
     image, message = widgets.Image(format="png"), widgets.HTML()
-    state = {"tokens": []}
+    state = {"tokens": [], "note": ""}
 
+    @guarded(message, "this query")
     def redraw(_=None) -> None:
         tokens = state["tokens"]
         if state.get("busy") or not tokens or buttons.value is None:
@@ -132,32 +155,35 @@ def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> wid
         image.value = draw(tokens, buttons.value, model)
         weights, _, _ = model(tokens)
         top = weights[buttons.value].argsort(descending=True)[:3].tolist()
-        ranking = ", ".join(f"{tokens[j]!r} {weights[buttons.value, j]:.2f}" for j in top)
-        message.value = message_html(f"{len(tokens)} tokens; {tokens[buttons.value]!r} attends "
-                                     f"most to {ranking}. (Untrained head: the mechanics, not "
-                                     "meaning.)")
+        ranking = ", ".join(f"{short(tokens[j])!r} {weights[buttons.value, j]:.2f}" for j in top)
+        message.value = state["note"] + message_html(
+            f"{len(tokens)} tokens; {short(tokens[buttons.value])!r} attends most to {ranking}. "
+            "(Untrained head: the mechanics, not meaning.)")
 
+    @guarded(message, "this sentence")
     def set_text(_=None) -> None:
-        tokens = tokenize(box_text.value)
+        typed, note = cap_text(clean_text(box_text.value), MAX_CHARS, "sentence")
+        tokens = tokenize(typed)
         if not tokens:
             message.value = message_html("Type a sentence (at least one word).", "warning")
             return
-        note = ""
         if len(tokens) > MAX_TOKENS:
-            tokens, note = tokens[:MAX_TOKENS], f"Only the first {MAX_TOKENS} tokens are shown. "
-        state["tokens"] = tokens
+            tokens = tokens[:MAX_TOKENS]
+            note += message_html(f"Only the first {MAX_TOKENS} tokens are shown. Shorten the "
+                                 "sentence to see all of it.", "warning")
+        state["tokens"], state["note"] = tokens, note
         wanted = min(query if query is not None else len(tokens) - 1, len(tokens) - 1)
         if "it" in [t.lower() for t in tokens] and query is None:
             wanted = [t.lower() for t in tokens].index("it")
         state["busy"] = True  # set options and value together, then draw once
-        buttons.options = [(t, j) for j, t in enumerate(tokens)]
-        buttons.value = wanted
-        state["busy"] = False
+        try:
+            buttons.options = [(short(t), j) for j, t in enumerate(tokens)]
+            buttons.value = wanted
+        finally:
+            state["busy"] = False
         redraw()
-        if note:
-            message.value = message_html(note + "Shorten the sentence to see all of it.",
-                                         "warning")
 
+    @guarded(message, "this example")
     def pick_example(change) -> None:
         if change["new"] in EXAMPLES:
             box_text.value = change["new"]
@@ -166,7 +192,6 @@ def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> wid
     box_text.observe(set_text, names="value")
     example.observe(pick_example, names="value")
     set_text()
-    box = widgets.VBox([example, box_text, buttons, image, message])
-    box.controls = {"example": example, "text": box_text, "query": buttons}
-    box.image, box.message = image, message
-    return box
+    return widget_box([example, box_text, buttons, image, message],
+                      {"example": example, "text": box_text, "query": buttons},
+                      image=image, message=message)

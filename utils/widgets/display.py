@@ -7,6 +7,7 @@ and a browser updates the same way, with or without a running notebook front end
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import io
@@ -116,3 +117,50 @@ def show(widget, picture: bytes | None = None) -> None:
     if png:
         bundle["image/png"] = base64.b64encode(png).decode("ascii")
     display(bundle, raw=True)
+
+
+def _each_control(controls) -> list:
+    """The widgets in `controls` (a dict, list or single widget; nested lists allowed)."""
+    if isinstance(controls, dict):
+        controls = list(controls.values())
+    if not isinstance(controls, list | tuple):
+        return [controls]
+    return [widget for item in controls for widget in _each_control(item)]
+
+
+def watch(controls, callback: Callable[..., Any]) -> None:
+    """Call `callback` whenever the value of any widget in `controls` changes, and once now
+    to draw the first picture. Decorate the callback with `guarded` first."""
+    for control in _each_control(controls):
+        control.observe(callback, names="value")
+    callback()
+
+
+def widget_box(rows: list, controls: dict, **outputs: Any):
+    """Stack `rows` in a VBox that carries `controls` and each named output as attributes,
+    so tests and curious readers can reach them: `box.controls["text"]`, `box.image`, ..."""
+    import ipywidgets
+
+    box = ipywidgets.VBox(rows)
+    box.controls = controls
+    for name, widget in outputs.items():
+        setattr(box, name, widget)
+    return box
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run PyTorch on a single thread for the duration of a widget's computation.
+
+    A redraw's tensors are small. On a 2-core machine that is busy with something else, a
+    second thread mostly waits for a free core, and the redraw gets several times slower
+    (measured: about 1 s on one thread against 5-30 s on two for chapter 00's gradients).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -10,11 +10,30 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from utils.widgets.display import figure_to_png, message_html
-from utils.word_vectors import WordVectors, cosine_similarity
+from utils.widgets.display import (
+    cap_text,
+    clean_text,
+    figure_to_png,
+    guarded,
+    message_html,
+    watch,
+    widget_box,
+)
+from utils.word_vectors import WORD, WordVectors, cosine_similarity
 
 DEFAULT_WORDS = "king queen lord lady thou thee day night"
 MAX_WORDS = 20
+MAX_CHARS = 400  # of typed text: twenty words with room to spare
+
+
+def split_words(text: str) -> list[str]:
+    """The distinct lowercase words of `text`, in order, cut the way the corpus was cut
+    (so punctuation is dropped: "king," is "king").
+
+    >>> split_words("King, queen; KING and the Queen's")
+    ['king', 'queen', 'and', 'the', "queen's"]
+    """
+    return list(dict.fromkeys(WORD.findall(text.lower())))
 
 
 def draw_heatmap(words: list[str], vectors: torch.Tensor, n_dims: int) -> bytes:
@@ -41,7 +60,9 @@ def embedding_heatmap(vectors: WordVectors, words: str = DEFAULT_WORDS,
                       n_dims: int = 32) -> widgets.VBox:
     """Build the heatmap widget over `vectors`. Controls are in `box.controls` ("words": a
     Text of space-separated words, "dims": how many dimensions to show); the figure is
-    `box.image`, messages (unknown words, empty input) go to `box.message`."""
+    `box.image`, messages (unknown words, empty input, text cut to MAX_CHARS characters) go
+    to `box.message`. Words are read as the corpus was (lowercase, punctuation dropped), and
+    each is shown once."""
     text = widgets.Text(value=words, description="words", continuous_update=False,
                         layout=widgets.Layout(width="60%"))
     dims = widgets.IntSlider(value=min(n_dims, vectors.vectors.shape[1]), min=2,
@@ -50,29 +71,28 @@ def embedding_heatmap(vectors: WordVectors, words: str = DEFAULT_WORDS,
     image = widgets.Image(format="png")
     message = widgets.HTML()
 
+    @guarded(message, "these words")
     def redraw(_change=None) -> None:
-        asked = text.value.lower().split()
-        known = [w for w in dict.fromkeys(asked) if w in vectors][:MAX_WORDS]
+        typed, warning = cap_text(clean_text(text.value), MAX_CHARS, "text")
+        asked = split_words(typed)
+        known = [w for w in asked if w in vectors][:MAX_WORDS]
         unknown = [w for w in asked if w not in vectors]
         if not known:
-            message.value = message_html("type some words from the corpus, e.g. "
-                                         f"'{DEFAULT_WORDS}'" + (
-                                             f" ({', '.join(unknown)} not in the vocabulary)"
-                                             if unknown else ""), "warning")
+            message.value = warning + message_html(
+                f"type some words from the corpus, e.g. '{DEFAULT_WORDS}'" + (
+                    f" ({', '.join(unknown)} not in the vocabulary)" if unknown else ""),
+                "warning")
             return
         rows = torch.stack([vectors.vector(w) for w in known])
         image.value = draw_heatmap(known, rows, dims.value)
         notes = [f"{len(known)} words x {dims.value} dimensions"]
         if unknown:
             notes.append(f"not in the {len(vectors)}-word vocabulary: {', '.join(unknown)}")
-        if len(set(asked)) > MAX_WORDS:
+        if len(asked) - len(unknown) > MAX_WORDS:
             notes.append(f"showing the first {MAX_WORDS} words")
-        message.value = message_html("; ".join(notes), "warning" if unknown else "info")
+        message.value = warning + message_html("; ".join(notes), "warning" if unknown else "info")
 
-    text.observe(redraw, names="value")
-    dims.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([text, dims]), image, message])
-    box.controls = {"words": text, "dims": dims}
-    box.image, box.message = image, message
-    return box
+    controls = {"words": text, "dims": dims}
+    watch(controls, redraw)
+    return widget_box([widgets.HBox([text, dims]), image, message], controls, image=image,
+                      message=message)

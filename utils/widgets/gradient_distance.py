@@ -7,7 +7,14 @@ import matplotlib.pyplot as plt
 import torch
 
 from utils.sequence_models import compare_gradients
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import (
+    figure_to_png,
+    guarded,
+    message_html,
+    one_thread,
+    watch,
+    widget_box,
+)
 
 # Gradients below this are drawn at the floor: float64 cannot go much lower and a log axis
 # cannot show zero.
@@ -31,18 +38,26 @@ def plot_gradient_decay(gradients: dict[str, torch.Tensor], position: int, ax=No
 
 
 def describe(gradients: dict[str, torch.Tensor], position: int) -> str:
+    """One sentence comparing the two models at `position`, the stronger one named first."""
     rnn = gradients["rnn"][position - 1].item()
     attention = gradients["attention"][position - 1].item()
-    ratio = attention / max(rnn, FLOOR)
-    return (f"At position {position}: RNN {rnn:.2e}, attention {attention:.2e} — attention hears "
-            f"token 1 about {ratio:.1e}× more strongly.")
+    numbers = f"At position {position}: RNN {rnn:.2e}, attention {attention:.2e}"
+    if rnn <= FLOOR and attention <= FLOOR:
+        return f"{numbers}: neither model hears token 1 here."
+    if attention >= rnn:
+        stronger, weaker, ratio = "attention", "the RNN", attention / max(rnn, FLOOR)
+    else:
+        stronger, weaker, ratio = "the RNN", "attention", rnn / max(attention, FLOOR)
+    return f"{numbers}: {stronger} hears token 1 about {ratio:.3g}× more strongly than {weaker}."
 
 
 def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9) -> widgets.VBox:
     """Sliders for sequence length, the position t to read, and the RNN's recurrent scale.
 
     The returned box has `.controls` (a dict of the three sliders by name: "seq_len",
-    "position", "recurrent_scale"), `.image` (the plot as PNG) and `.readout` (HTML text).
+    "position", "recurrent_scale"), `.image` (the plot as PNG) and `.readout` (HTML text, also
+    reachable as `.message`). The gradients are recomputed only when the length or the scale
+    changes (under 1 s at length 300 on a 2-core CPU), not when t moves.
     """
     controls = {
         "seq_len": widgets.IntSlider(value=seq_len, min=10, max=300, step=10,
@@ -58,31 +73,36 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
     }
     image = widgets.Image(format="png")
     readout = widgets.HTML()
-    cache: dict[tuple[int, float], dict[str, torch.Tensor]] = {}
+    cache: dict[tuple, torch.Tensor] = {}
 
     def gradients() -> dict[str, torch.Tensor]:
-        # Recompute only when the models or the sequence change, not when t moves.
-        key = (controls["seq_len"].value, round(controls["recurrent_scale"].value, 4))
-        if key not in cache:
-            cache.clear()
-            cache[key] = compare_gradients(*key)
-        return cache[key]
+        # Recompute only what changed: moving t needs nothing new, and the attention model does
+        # not depend on the RNN's scale.
+        length, scale = controls["seq_len"].value, round(controls["recurrent_scale"].value, 4)
+        wanted = {"rnn": ("rnn", length, scale), "attention": ("attention", length)}
+        missing = tuple(name for name, key in wanted.items() if key not in cache)
+        if missing:
+            with one_thread():
+                computed = compare_gradients(length, scale, models=missing)
+            for name in missing:
+                cache[wanted[name]] = computed[name]
+        for key in [key for key in cache if key not in wanted.values()]:
+            del cache[key]  # keep only the current curves
+        return {name: cache[key] for name, key in wanted.items()}
 
+    @guarded(readout, "this setting")
     def redraw(_change=None) -> None:
+        clamped = controls["position"].value > controls["seq_len"].value
         controls["position"].max = controls["seq_len"].value  # also clamps position's value
+        if clamped:
+            return  # clamping moved the position slider, and that change has redrawn already
         position = controls["position"].value
-        try:
-            grads = gradients()
-        except Exception as error:  # a widget shows problems, it never raises into the page
-            readout.value = message_html(f"Could not compute gradients: {error}", "error")
-            return
+        grads = gradients()
         ax = plot_gradient_decay(grads, position)
         image.value = figure_to_png(ax.figure)
         readout.value = message_html(describe(grads, position))
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([*controls.values(), readout, image])
-    box.controls, box.image, box.readout = controls, image, readout
-    return box
+    watch(controls, redraw)
+    # `message` is the same HTML as `readout`: every widget of the course has a `.message`
+    return widget_box([*controls.values(), readout, image], controls, image=image,
+                      readout=readout, message=readout)

@@ -12,7 +12,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from utils.attention import attention_cost
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
 
 D_MODELS = [64, 128, 256, 512, 768, 1024, 2048, 4096]
 SEQ_LENS = [2**i for i in range(4, 16)]  # 16 ... 32768
@@ -90,6 +90,7 @@ def head_cost(d_model: int = 512, n_heads: int = 8, n_kv_heads: int = 8,
                                      continuous_update=False)
     image, message = widgets.Image(format="png"), widgets.HTML()
 
+    @guarded(message, "this configuration")
     def update(_=None) -> None:
         d, h, kv, t = d_pick.value, h_pick.value, kv_pick.value, t_pick.value
         if d % h:
@@ -102,10 +103,7 @@ def head_cost(d_model: int = 512, n_heads: int = 8, n_kv_heads: int = 8,
             return
         image.value, message.value = draw(d, h, kv, t)
 
-    for control in (d_pick, h_pick, kv_pick, t_pick):
-        control.observe(update, names="value")
-    update()
-    box = widgets.VBox([widgets.HBox([d_pick, h_pick, kv_pick]), t_pick, image, message])
-    box.controls = {"d_model": d_pick, "n_heads": h_pick, "n_kv_heads": kv_pick, "T": t_pick}
-    box.image, box.message = image, message
-    return box
+    controls = {"d_model": d_pick, "n_heads": h_pick, "n_kv_heads": kv_pick, "T": t_pick}
+    watch(controls, update)
+    return widget_box([widgets.HBox([d_pick, h_pick, kv_pick]), t_pick, image, message],
+                      controls, image=image, message=message)

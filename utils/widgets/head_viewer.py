@@ -1,11 +1,13 @@
 """The head viewer (chapter 04): every head's attention matrix for one text, as in BertViz.
 
-Pick a layer, type a text, and click the head buttons (coloured like their panels) to switch heads on and off;
-the picture shows one T×T matrix per selected head (row = query character, column = key
-character; the model is causal, so everything above the diagonal is zero).
+Pick a layer, type a text, and click the head buttons (coloured like their panels) to switch
+heads on and off; the picture shows one T×T matrix per selected head (row = query character,
+column = key character; the model is causal, so everything above the diagonal is zero).
 """
 
 from __future__ import annotations
+
+import math
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -13,7 +15,16 @@ import torch
 
 from utils.attention_lm import AttentionLM, attention_maps
 from utils.tokenizers import CharTokenizer
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import (
+    cap_text,
+    clean_text,
+    figure_to_png,
+    guarded,
+    message_html,
+    one_thread,
+    watch,
+    widget_box,
+)
 
 HEAD_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f"]
@@ -27,23 +38,41 @@ def _label(ch: str) -> str:
 
 
 def draw(maps: list[torch.Tensor], text: str, layer: int, heads: list[int]) -> bytes:
-    """One heatmap per selected head of `layer`."""
-    n = len(heads)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.6, 3.9), squeeze=False)
-    labels = [_label(c) for c in text]
+    """One heatmap per selected head of `layer`, every character labelled on both axes."""
     T = len(text)
-    step = 1 if T <= 24 else 2  # keep the tick labels legible on longer texts
-    for ax, h in zip(axes[0], heads, strict=True):
+    labels = [_label(c) for c in text]
+    # Longer texts get larger panels (and fewer per row) so that every label stays legible.
+    size = max(3.6, 0.13 * T + 0.6)
+    ncols = min(len(heads), 4 if T <= 24 else 2)
+    nrows = math.ceil(len(heads) / ncols)
+    height = (size + 0.3) * nrows + 0.4
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.6, height), squeeze=False)
+    font = {"fontsize": 7 if T <= 24 else 6, "family": "monospace"}
+    for i, (ax, h) in enumerate(zip(axes.flat[:len(heads)], heads, strict=True)):
         w = maps[layer][h, :T, :T].numpy()
         ax.imshow(w, cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"layer {layer}, head {h}", color=HEAD_COLOURS[h % len(HEAD_COLOURS)])
-        ticks = list(range(0, T, step))
-        ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=7, family="monospace")
-        ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=7, family="monospace")
-        ax.set_xlabel("key (attended to)")
-        ax.set_ylabel("query")
+        ax.set_xticks(range(T))
+        ax.set_yticks(range(T))
+        # Only the outer panels spell out the characters (the lowest panel of each column and
+        # the first of each row): the same labels once, and the figure draws twice as fast.
+        if i + ncols >= len(heads):
+            ax.set_xticklabels(labels, **font)
+            ax.set_xlabel("key (attended to)")
+        else:
+            ax.tick_params(labelbottom=False)
+        if i % ncols == 0:
+            ax.set_yticklabels(labels, **font)
+            ax.set_ylabel("query")
+        else:
+            ax.tick_params(labelleft=False)
+    for ax in axes.flat[len(heads):]:
+        ax.axis("off")  # an odd number of heads leaves one panel empty
     fig.suptitle("attention weights (darker = more weight)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))  # leave room so the title does not touch the panels
+    # Fixed spacing (inner panels have no labels to make room for) rather than tight_layout,
+    # which would measure every label once more; the saved PNG is trimmed to its content.
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=1 - 0.7 / height, wspace=0.12,
+                        hspace=0.15)
     return figure_to_png(fig)
 
 
@@ -53,7 +82,8 @@ def head_viewer(model: AttentionLM, tokenizer: CharTokenizer, text: str = DEFAUL
 
     Controls: `w.controls["text"]` (Text), `w.controls["layer"]` (Dropdown of layer numbers)
     and `w.controls["heads"]` (a list of ToggleButtons, one per head, all on at the start);
-    outputs `w.image` (PNG) and `w.message` (HTML).
+    outputs `w.image` (PNG) and `w.message` (HTML). Text is cut to the model's context (at
+    most MAX_CHARS characters), and the message says so.
 
     >>> from utils.attention_lm import LMConfig
     >>> tok = CharTokenizer("abc ")
@@ -77,42 +107,44 @@ def head_viewer(model: AttentionLM, tokenizer: CharTokenizer, text: str = DEFAUL
     image, message = widgets.Image(format="png"), widgets.HTML()
     cache: dict[str, list[torch.Tensor]] = {}
 
+    @guarded(message, "this text")
     def update(_=None) -> None:
-        raw = box_text.value
-        if not raw:
+        for h, t in enumerate(toggles):  # a switched-off head fades, as in BertViz
+            t.style.text_color = HEAD_COLOURS[h % len(HEAD_COLOURS)] if t.value else OFF_COLOUR
+        shown, note = cap_text(clean_text(box_text.value), limit, "text")
+        if not shown:
             message.value = message_html("Type some text (a few words).", "warning")
             return
-        unknown = sorted({c for c in raw if c not in tokenizer.stoi})
+        unknown = sorted({c for c in shown if c not in tokenizer.stoi})
         if unknown:
-            message.value = message_html(f"Not in the model's alphabet: {unknown}. Use "
-                                         "characters that occur in the corpus.", "warning")
+            message.value = note + message_html(
+                f"Not in the model's alphabet: {' '.join(repr(c) for c in unknown)}. Use "
+                "characters that occur in the corpus.", "warning")
             return
-        shown = raw[:limit]
         heads = [h for h, t in enumerate(toggles) if t.value]
         if not heads:
             message.value = message_html("All heads are off: click a head to show it.",
                                          "warning")
             return
-        for h, t in enumerate(toggles):  # a switched-off head fades, as in BertViz
-            t.style.text_color = HEAD_COLOURS[h % len(HEAD_COLOURS)] if t.value else OFF_COLOUR
         if shown not in cache:
-            cache[shown] = attention_maps(model, tokenizer, shown)
+            with one_thread():  # one short text: a second thread only waits for a busy core
+                cache[shown] = attention_maps(model, tokenizer, shown)
         maps = cache[shown]
         image.value = draw(maps, shown, layer_pick.value, heads)
-        prev = [maps[layer_pick.value][h].diagonal(-1).mean().item() if len(shown) > 1 else 0.0
-                for h in range(n_heads)]
+        if len(shown) < 2:
+            message.value = note + message_html(
+                f"Layer {layer_pick.value}: type at least two characters to see which head "
+                "looks at the previous one.")
+            return
+        prev = [maps[layer_pick.value][h].diagonal(-1).mean().item() for h in range(n_heads)]
         best = max(range(n_heads), key=lambda h: prev[h])
-        note = f"Showing the first {limit} characters. " if len(raw) > limit else ""
-        message.value = message_html(
-            f"{note}Layer {layer_pick.value}: mean weight on the previous character per head "
-            f"{[round(p, 2) for p in prev]}; head {best} is the most 'previous-token'.",
-            "warning" if note else "info")
+        verdict = (f"head {best} is the most 'previous-token'." if prev[best] > 0
+                   else "no head looks at the previous character.")
+        message.value = note + message_html(
+            f"Layer {layer_pick.value}: mean weight on the previous character per head "
+            f"{[round(p, 2) for p in prev]}; {verdict}")
 
-    for control in [box_text, layer_pick, *toggles]:
-        control.observe(update, names="value")
-    update()
-    box = widgets.VBox([widgets.HBox([box_text, layer_pick]), widgets.HBox(toggles), image,
-                        message])
-    box.controls = {"text": box_text, "layer": layer_pick, "heads": toggles}
-    box.image, box.message = image, message
-    return box
+    controls = {"text": box_text, "layer": layer_pick, "heads": toggles}
+    watch(controls, update)
+    return widget_box([widgets.HBox([box_text, layer_pick]), widgets.HBox(toggles), image,
+                       message], controls, image=image, message=message)

@@ -19,7 +19,7 @@ from utils.embeddings import (
     pair_frequencies,
     sinusoidal_positions,
 )
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
 
 KINDS = ("sinusoidal", "RoPE", "ALiBi")
 
@@ -68,24 +68,27 @@ def _rope(ax_pattern, ax_score, T: int, d: int, position: int, dim: int) -> str:
 
 
 def _alibi(ax_pattern, ax_score, T: int, n_heads: int, position: int, head: int) -> str:
-    bias = alibi_bias(n_heads, T)[head]
+    biases = alibi_bias(n_heads, T)                    # [n_heads, T, T]
+    bias = biases[head]
     image = ax_pattern.imshow(bias.numpy(), cmap="Blues_r", origin="upper")
     ax_pattern.axhline(position, color="r", lw=1)
     ax_pattern.figure.colorbar(image, ax=ax_pattern, fraction=0.046)
     ax_pattern.set(title=f"ALiBi bias of head {head}: -slope * |i - j|", xlabel="key j",
                    ylabel="query i")
     slopes = alibi_slopes(n_heads)
-    distance = torch.arange(T)
+    offsets = torch.arange(-position, T - position)    # key j = position + k
     for h in range(n_heads):
-        ax_score.plot(distance.numpy(), (-slopes[h] * distance).numpy(),
-                      lw=2.5 if h == head else 0.8,
-                      color="C3" if h == head else "0.6",
-                      label=f"head {head} (chosen)" if h == head else (
-                          "other heads" if h == (1 if head == 0 else 0) else None))
-    ax_score.set(title="bias added to the score against distance", xlabel="distance i - j",
+        if h != head:
+            ax_score.plot(offsets.numpy(), biases[h, position].numpy(),
+                          lw=0.8, color="0.7",
+                          label="other heads" if h == (1 if head == 0 else 0) else None)
+    ax_score.plot(offsets.numpy(), bias[position].numpy(), lw=2.5, color="C3",
+                  label=f"head {head}, query at p={position}")
+    ax_score.plot(range(T), bias[0].numpy(), "--", color="k", lw=1, label="query at p=0")
+    ax_score.set(title="bias added to the score q(p) . k(p+k)", xlabel="offset k",
                  ylabel="bias")
     return (f"head {head} of {n_heads} has slope {slopes[head].item():.4g}: a key "
-            f"{T - 1} tokens back loses {slopes[head].item() * (T - 1):.2f} from its score.")
+            f"{T - 1} tokens away loses {slopes[head].item() * (T - 1):.2f} from its score.")
 
 
 def positional_explorer(T: int = 64, d_model: int = 32, n_heads: int = 8) -> widgets.VBox:
@@ -102,6 +105,7 @@ def positional_explorer(T: int = 64, d_model: int = 32, n_heads: int = 8) -> wid
     image = widgets.Image(format="png")
     message = widgets.HTML()
 
+    @guarded(message, "this setting")
     def redraw(_change=None) -> None:
         # slider ranges follow the kind: heads for ALiBi, dimensions otherwise
         dim.max = n_heads - 1 if kind.value == "ALiBi" else d_model - 1
@@ -117,15 +121,13 @@ def positional_explorer(T: int = 64, d_model: int = 32, n_heads: int = 8) -> wid
             ax_score.axvline(0, color="0.8", lw=0.8)
             ax_score.legend(loc="best", fontsize=8)
             fig.tight_layout()
-            message.value = message_html(text)
-        except Exception as error:  # never a traceback in the widget
-            message.value = message_html(f"could not draw this setting: {error}", "error")
+        except Exception:
+            plt.close(fig)  # don't leak the half-drawn figure; the guard shows the error
+            raise
         image.value = figure_to_png(fig)
+        message.value = message_html(text)
 
-    for control in (kind, position, dim):
-        control.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([kind, position, dim]), image, message])
-    box.controls = {"kind": kind, "position": position, "dim": dim}
-    box.image, box.message = image, message
-    return box
+    controls = {"kind": kind, "position": position, "dim": dim}
+    watch(controls, redraw)
+    return widget_box([widgets.HBox([kind, position, dim]), image, message], controls,
+                      image=image, message=message)

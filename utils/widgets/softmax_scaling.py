@@ -15,7 +15,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import (
+    figure_to_png,
+    guarded,
+    message_html,
+    one_thread,
+    watch,
+    widget_box,
+)
 
 D_KS = [2**i for i in range(13)]  # 1 ... 4096
 N_KEYS = 8
@@ -109,13 +116,12 @@ def softmax_scaling(d_k: int = 64, scaled: bool = True) -> widgets.VBox:
     checkbox = widgets.Checkbox(value=scaled, description="divide scores by √d_k")
     image, message = widgets.Image(format="png"), widgets.HTML()
 
+    @guarded(message, "this setting")
     def update(_=None) -> None:
-        image.value, message.value = draw(slider.value, checkbox.value)
+        with one_thread():  # small tensors: a second thread only waits for a busy core
+            image.value, message.value = draw(slider.value, checkbox.value)
 
-    slider.observe(update, names="value")
-    checkbox.observe(update, names="value")
-    update()
-    box = widgets.VBox([widgets.HBox([slider, checkbox]), image, message])
-    box.controls = {"d_k": slider, "scaled": checkbox}
-    box.image, box.message = image, message
-    return box
+    controls = {"d_k": slider, "scaled": checkbox}
+    watch(controls, update)
+    return widget_box([widgets.HBox([slider, checkbox]), image, message], controls,
+                      image=image, message=message)

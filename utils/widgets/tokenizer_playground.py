@@ -17,7 +17,15 @@ import matplotlib.pyplot as plt
 
 from utils.data import load_corpus, train_val_split
 from utils.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, pretrained_bpe
-from utils.widgets.display import figure_to_png, message_html
+from utils.widgets.display import (
+    cap_text,
+    clean_text,
+    figure_to_png,
+    guarded,
+    message_html,
+    watch,
+    widget_box,
+)
 
 DEFAULT_TEXT = "The unbelievable Rosencrantz spoke: 'tis nobler 🙂"
 VOCAB_SIZES = (300, 512, 1024)
@@ -27,11 +35,20 @@ PALETTE = ("#fde2a7", "#c8e6c9", "#bbdefb", "#f8bbd0", "#d1c4e9", "#ffccbc")
 
 @dataclass
 class Tokenized:
-    """One tokenizer's view of the text: pieces and ids, or a message when it can't."""
+    """One tokenizer's view of the text: pieces and ids (None for a piece the tokenizer
+    cannot encode, which is shown but is not a token), and a note when something is off."""
     name: str
     pieces: list[str]
-    ids: list[int]
+    ids: list[int | None]
     note: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(i is not None for i in self.ids)
+
+    @property
+    def n_missing(self) -> int:
+        return len(self.ids) - self.n_tokens
 
 
 def _visible(piece: str) -> str:
@@ -47,29 +64,43 @@ def _bpe_piece(tok: BPETokenizer, token_id: int) -> str:
         return "".join(f"<{b:02X}>" for b in data)
 
 
+def _span(piece: str, token_id: int | None, colour: str) -> str:
+    if token_id is None:  # a character the tokenizer has no id for: shown, but not a token
+        style = "background:#fff;border:1px dashed #a94442;color:#a94442"
+        title, label = "no id: never seen in the corpus", "?"
+    else:
+        style, title, label = f"background:{colour}", f"id {token_id}", str(token_id)
+    return (f'<span title="{title}" style="{style};border-radius:3px;padding:1px 3px;margin:1px;'
+            f'display:inline-block;font-family:monospace;white-space:pre">'
+            f"{html.escape(_visible(piece))}"
+            f'<sub style="color:#555;font-size:70%"> {label}</sub></span>')
+
+
 def _spans(result: Tokenized) -> str:
-    spans = "".join(
-        f'<span title="id {i}" style="background:{PALETTE[k % len(PALETTE)]};'
-        'border-radius:3px;padding:1px 3px;margin:1px;display:inline-block;'
-        f'font-family:monospace;white-space:pre">{html.escape(_visible(p))}'
-        f'<sub style="color:#555;font-size:70%"> {i}</sub></span>'
-        for k, (p, i) in enumerate(zip(result.pieces, result.ids, strict=True)))
+    spans = "".join(_span(p, i, PALETTE[k % len(PALETTE)])
+                    for k, (p, i) in enumerate(zip(result.pieces, result.ids, strict=True)))
     note = message_html(result.note, "warning") if result.note else ""
+    missing = (f" + {result.n_missing} character(s) with no id" if result.n_missing else "")
     return (f'<div class="tokenizer-panel" style="flex:1;min-width:220px;padding:4px">'
-            f"<b>{html.escape(result.name)}</b>: {len(result.ids)} tokens{note}"
+            f"<b>{html.escape(result.name)}</b>: {result.n_tokens} tokens{missing}{note}"
             f"<div>{spans}</div></div>")
 
 
 def _chart(results: list[Tokenized], n_chars: int) -> bytes:
     fig, ax = plt.subplots(figsize=(4.2, 2.2))
     names = [r.name for r in results]
-    counts = [len(r.ids) for r in results]
+    counts = [r.n_tokens for r in results]
     bars = ax.bar(names, counts, color=PALETTE[: len(results)], edgecolor="#555")
     ax.bar_label(bars)
+    missing = [r.n_missing for r in results]
+    if any(missing):  # characters without an id, stacked on top so the bar still adds up
+        ax.bar(names, missing, bottom=counts, color="white", edgecolor="#a94442", hatch="//",
+               label="characters with no id")
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_title(f"tokens needed for this text ({n_chars} characters)")
     ax.set_ylabel("tokens")
     ax.set_xlabel("tokenizer")
-    ax.set_ylim(0, max(counts + [1]) * 1.25)
+    ax.set_ylim(0, max([c + m for c, m in zip(counts, missing, strict=True)] + [1]) * 1.25)
     return figure_to_png(fig)
 
 
@@ -102,10 +133,9 @@ def tokenize_all(text: str, char: CharTokenizer, word: WordTokenizer,
         unknown = sorted({c for c in text if c not in char.stoi})
         shown = " ".join(repr(c) for c in unknown[:8])
         char_result = Tokenized(
-            "char", [c for c in text if c in char.stoi], [char.stoi[c] for c in text
-                                                            if c in char.stoi],
-            f"can't encode {len(unknown)} character(s) never seen in the corpus: {shown} "
-            "(left out below)")
+            "char", list(text), [char.stoi.get(c) for c in text],
+            f"can't encode {len(unknown)} distinct character(s) never seen in the corpus: "
+            f"{shown} (marked ? below: they get no id)")
     word_ids = word.encode(text)
     n_unk = word_ids.count(0)
     word_result = Tokenized("word", word.pieces(text), word_ids,
@@ -126,8 +156,11 @@ def tokenizer_playground(text: str = DEFAULT_TEXT, vocab_sizes: Sequence[int] = 
     encodes. The returned VBox carries, for tests and curious readers:
 
     - `box.controls["text"]` (Textarea) and `box.controls["vocab_size"]` (Dropdown);
-    - `box.outputs["html"]` (HTML: messages and the coloured pieces, each with its id)
-      and `box.outputs["image"]` (Image: PNG bar chart of the token counts).
+    - `box.outputs["html"]` (HTML: messages and the coloured pieces, each with its id; also
+      `box.message`) and `box.outputs["image"]` (Image: PNG bar chart of the token counts;
+      also `box.image`).
+
+    Text longer than `max_chars` characters is cut, and the message says so.
     """
     start = time.perf_counter()
     char, word, bpes = _Tokenizers.get(vocab_sizes)
@@ -141,30 +174,24 @@ def tokenizer_playground(text: str = DEFAULT_TEXT, vocab_sizes: Sequence[int] = 
     shown = widgets.HTML()
     image = widgets.Image(format="png", layout=widgets.Layout(width="420px"))
 
+    @guarded(shown, "this text")
     def update(_change=None) -> None:
-        value = text_box.value
+        value, warning = cap_text(clean_text(text_box.value), max_chars, "text")
         if not value:
             shown.value = message_html("Type some text above to see how each tokenizer "
                                        "cuts it.", "info")
             image.value = _chart([Tokenized(n, [], []) for n in
                                   ("char", "word", f"BPE {size.value}")], 0)
             return
-        notes = []
-        if len(value) > max_chars:
-            notes.append(message_html(f"The text has {len(value)} characters; showing the "
-                                      f"first {max_chars}.", "warning"))
-            value = value[:max_chars]
         results = tokenize_all(value, char, word, bpes[size.value])
         panels = "".join(_spans(r) for r in results)
-        shown.value = ("".join(notes) + '<div style="display:flex;flex-wrap:wrap;gap:6px">'
+        shown.value = (warning + '<div style="display:flex;flex-wrap:wrap;gap:6px">'
                        + panels + "</div>")
         image.value = _chart(results, len(value))
 
-    text_box.observe(update, names="value")
-    size.observe(update, names="value")
-    update()
-    box = widgets.VBox([widgets.HBox([text_box, size]), shown, image])
-    box.controls = {"text": text_box, "vocab_size": size}
-    box.outputs = {"html": shown, "image": image}
+    controls = {"text": text_box, "vocab_size": size}
+    watch(controls, update)
+    box = widget_box([widgets.HBox([text_box, size]), shown, image], controls,
+                     outputs={"html": shown, "image": image}, image=image, message=shown)
     box.load_seconds = load_s
     return box
