@@ -190,3 +190,38 @@ def test_attention_cost_counts_match_module():
             p.numel() for p in mha.parameters())
     assert attention_cost(64, 8, 10, 2)["kv_cache_floats"] * 4 == attention_cost(
         64, 8, 10)["kv_cache_floats"]
+
+
+# --------------------------------------------------------- RoPE inside attention (chapter 05)
+
+
+def test_mha_with_rope_rotates_queries_and_keys_per_head():
+    from utils.embeddings import RotaryEmbedding, apply_rope
+
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(head_dim=4, max_len=32)
+    mha = MultiHeadAttention(16, n_heads=4, n_kv_heads=2, bias=False, rope=rope).eval()
+    x = torch.randn(2, 6, 16)
+    q, k, v = mha.qkv(x).split([16, 8, 8], dim=-1)
+    q, k, v = split_heads(q, 4), split_heads(k, 2), split_heads(v, 2)
+    positions = torch.arange(3, 9)
+    q, k = apply_rope(q, positions), apply_rope(k, positions)
+    y, _ = scaled_dot_product_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), is_causal=True)
+    expected = mha.proj(merge_heads(y))
+    for use_sdpa in (False, True):
+        mha.use_sdpa = use_sdpa
+        torch.testing.assert_close(mha(x, is_causal=True, offset=3), expected, atol=ATOL, rtol=0)
+    assert "rope" not in "".join(mha.state_dict())       # the tables are not saved
+
+
+def test_mha_rope_scores_depend_on_relative_position_only():
+    from utils.embeddings import RotaryEmbedding
+
+    mha = MultiHeadAttention(16, n_heads=2, rope=RotaryEmbedding(8, max_len=8)).eval()
+    x = torch.randn(1, 5, 16)
+    _, w0 = mha(x, is_causal=True, need_weights=True)
+    _, w7 = mha(x, is_causal=True, need_weights=True, offset=7)   # beyond max_len: computed
+    torch.testing.assert_close(w0, w7, atol=ATOL, rtol=0)
+    plain = MultiHeadAttention(16, n_heads=2).eval()
+    plain.load_state_dict(mha.state_dict())
+    assert not torch.allclose(plain(x, is_causal=True), mha(x, is_causal=True))

@@ -7,11 +7,20 @@ Each module is named after what it holds and is introduced by one chapter:
     data             load_corpus(), train_val_split(), get_batch()             (chapter 00)
     sequence_models  the RNN-versus-attention experiment                       (chapter 00)
     tokenizers       CharTokenizer, WordTokenizer, BPETokenizer, pretrained_bpe (chapter 01)
+    gpt2_vocab       load_gpt2_vocab(): GPT-2 style vocab.json + merges.txt
+                     as a BPETokenizer with their own ids                      (chapter 01)
     embeddings       sinusoidal positions, RoPE, ALiBi, TokenPositionEmbedding (chapter 02)
     word_vectors     co-occurrence + SVD word vectors, nearest words, analogies (chapter 02)
     attention        scaled dot-product attention, AttentionHead,
                      MultiHeadAttention (fused QKV, grouped-query heads)       (chapters 03-04)
     attention_lm     a tiny attention-only language model whose heads we inspect (chapter 04)
+    model            LayerNorm, RMSNorm, FeedForward, Block, GPTConfig, GPT,
+                     parameter/FLOP counts                                     (chapter 05)
+    hf_convert       load Hugging Face GPT-2 / Llama weights into our GPT      (chapter 05)
+    masks            causal, padding and sliding-window masks, combine_masks,
+                     masked_softmax (True = may attend)                        (chapter 06)
+    encoder_decoder  bidirectional Encoder, masked-LM helpers, cross-attention,
+                     EncoderDecoder and the string-reversal toy                (chapter 06)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """

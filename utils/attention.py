@@ -150,6 +150,11 @@ class MultiHeadAttention(nn.Module):
     `need_weights=True` it returns (output, weights [B, n_heads, T, S]) and always takes the
     from-scratch path, since the fused kernel never materialises the weights.
 
+    `rope` (optional, chapter 05): a module such as `utils.embeddings.RotaryEmbedding` that
+    rotates queries and keys per head, called as `rope(t, offset)` on [B, heads, T, d_head];
+    `offset` in `forward` is the position of the first of the T tokens (non-zero when the
+    keys of earlier tokens are cached, chapter 09). Values are never rotated.
+
     >>> mha = MultiHeadAttention(d_model=16, n_heads=4, n_kv_heads=2)
     >>> out, w = mha(torch.randn(2, 5, 16), is_causal=True, need_weights=True)
     >>> out.shape, w.shape
@@ -157,7 +162,8 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None,
-                 dropout: float = 0.0, bias: bool = True, use_sdpa: bool = False) -> None:
+                 dropout: float = 0.0, bias: bool = True, use_sdpa: bool = False,
+                 rope: nn.Module | None = None) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads:
@@ -171,6 +177,7 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.d_head, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)  # W_O: mixes the heads' outputs
         self.attn_drop, self.resid_drop = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.rope = rope  # may be shared by every layer: it only holds cos/sin tables
 
     def _project(self, x: torch.Tensor, context: torch.Tensor | None):
         sizes = [self.n_heads * self.d_head, self.n_kv_heads * self.d_head,
@@ -186,11 +193,14 @@ class MultiHeadAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                need_weights: bool = False, context: torch.Tensor | None = None):
+                need_weights: bool = False, context: torch.Tensor | None = None,
+                offset: int = 0):
         q, k, v = self._project(x, context)
         q = split_heads(q, self.n_heads)                    # [B, h, T, d_head]
         k = split_heads(k, self.n_kv_heads)                 # [B, h_kv, S, d_head]
         v = split_heads(v, self.n_kv_heads)
+        if self.rope is not None:                           # position enters through rotation
+            q, k = self.rope(q, offset), self.rope(k, offset)
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)     # [B, h, S, d_head]
         weights = None

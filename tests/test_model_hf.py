@@ -1,0 +1,181 @@
+"""Our GPT against Hugging Face transformers' GPT-2 and Llama: same weights, same logits.
+
+Every model here is built from a small random config; nothing is downloaded.
+"""
+
+import logging
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")  # pinned in requirements.txt
+
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from utils.hf_convert import (  # noqa: E402
+    _interleave_rope_rows,
+    gpt_from_hf,
+    llama_config_from_hf,
+    load_hf_gpt2_state_dict,
+)
+from utils.model import GPT  # noqa: E402
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+ATOL = 1e-5
+
+
+def gpt2_hf(seed=0, **overrides):
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=101, n_positions=32, n_embd=48, n_layer=3, n_head=4,
+                    initializer_range=0.2, bos_token_id=0, eos_token_id=0)
+    settings.update(overrides)
+    model = GPT2LMHeadModel(GPT2Config(**settings)).eval()
+    _randomise_norms(model)
+    return model
+
+
+def llama_hf(seed=0, **overrides):
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=101, hidden_size=48, intermediate_size=128, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40,
+                    rms_norm_eps=1e-5, initializer_range=0.2, bos_token_id=0, eos_token_id=0)
+    settings.update(overrides)
+    model = LlamaForCausalLM(LlamaConfig(**settings)).eval()
+    _randomise_norms(model)
+    return model
+
+
+def _randomise_norms(model):
+    """Norm weights start at exactly 1 (and biases at 0), which would hide a mixed-up copy."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or "norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+
+
+def tokens(T, vocab=101, B=3, seed=1):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_gpt2_logits_match_transformers():
+    hf = gpt2_hf()
+    ours = gpt_from_hf(hf)
+    assert ours.config.pos == "learned" and ours.config.tie_weights
+    x = tokens(32)
+    expected = hf(x).logits
+    assert expected.abs().max() > 1.0            # the comparison is not between near-zeros
+    torch.testing.assert_close(ours(x)[0], expected, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_gpt2_untied_and_hidden_states_match():
+    hf = gpt2_hf(seed=3, tie_word_embeddings=False, n_layer=2)
+    with torch.no_grad():
+        hf.lm_head.weight.normal_(0, 0.2)        # really different from wte
+    ours = gpt_from_hf(hf)
+    assert not ours.config.tie_weights
+    x = tokens(20)
+    out = hf(x, output_hidden_states=True)
+    mine = ours(x, return_hidden=True)
+    torch.testing.assert_close(mine.logits, out.logits, atol=ATOL, rtol=0)
+    # HF's last hidden state is after the final norm; the earlier ones are the residual stream
+    assert len(mine.hidden_states) == len(out.hidden_states) == 3
+    for h_ours, h_hf in zip(mine.hidden_states[:-1], out.hidden_states[:-1], strict=True):
+        torch.testing.assert_close(h_ours, h_hf, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours.norm(mine.hidden_states[-1]), out.hidden_states[-1],
+                               atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_gpt2_weights_need_the_conv1d_transpose():
+    """The check above can fail: copying Conv1D weights untransposed gives other logits."""
+    hf = gpt2_hf(n_embd=48, n_inner=None)
+    ours = gpt_from_hf(hf)
+    # square matrices (attn.c_proj) load either way round; transpose them back to break it
+    for block in ours.blocks:
+        block.attn.proj.weight.copy_(block.attn.proj.weight.t().clone())
+    x = tokens(16)
+    assert not torch.allclose(ours(x)[0], hf(x).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},                                                     # GQA, 2 query heads per kv head
+    dict(num_key_value_heads=4),                            # plain multi-head
+    dict(num_key_value_heads=1, tie_word_embeddings=True),  # multi-query, tied
+    dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),  # Llama 3's base
+])
+@torch.no_grad()
+def test_llama_logits_match_transformers(overrides):
+    hf = llama_hf(**overrides)
+    ours = gpt_from_hf(hf)
+    assert (ours.config.pos, ours.config.norm, ours.config.mlp) == ("rope", "rms", "swiglu")
+    x = tokens(40)
+    expected = hf(x).logits
+    assert expected.abs().max() > 1.0
+    torch.testing.assert_close(ours(x)[0], expected, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_llama_needs_the_rope_reordering():
+    """Skipping the half-split -> interleaved reordering of Q/K rows breaks the match."""
+    hf = llama_hf()
+    ours = gpt_from_hf(hf)
+    cfg = ours.config
+    q_rows = cfg.n_head * cfg.head_dim
+    for i, block in enumerate(ours.blocks):
+        block.attn.qkv.weight[:q_rows] = hf.model.layers[i].self_attn.q_proj.weight
+    x = tokens(40)
+    assert not torch.allclose(ours(x)[0], hf(x).logits, atol=1e-3)
+
+
+def test_interleave_rope_rows_pairs_i_with_i_plus_half():
+    w = torch.arange(8.0).view(8, 1)                  # one head of size 8: rows 0..7
+    assert _interleave_rope_rows(w, 1).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    w2 = torch.arange(8.0).view(8, 1)                 # two heads of size 4
+    assert _interleave_rope_rows(w2, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def test_llama_configs_we_cannot_express_are_refused_clearly():
+    with pytest.raises(ValueError, match="intermediate_size"):
+        llama_config_from_hf(LlamaConfig(hidden_size=48, intermediate_size=100,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(ValueError, match="bias"):
+        llama_config_from_hf(LlamaConfig(hidden_size=48, intermediate_size=128,
+                                         num_attention_heads=4, attention_bias=True))
+
+
+def test_wrong_state_dict_is_refused_with_names():
+    hf = gpt2_hf(n_layer=2)
+    ours = GPT(gpt_from_hf(gpt2_hf(n_layer=3)).config)
+    with pytest.raises(ValueError, match="h.2.ln_1.weight"):
+        load_hf_gpt2_state_dict(ours, hf.state_dict())   # layer 2 missing from the checkpoint
+    small = gpt2_hf(n_layer=3, n_embd=32)
+    with pytest.raises(ValueError, match="shape"):
+        load_hf_gpt2_state_dict(ours, small.state_dict())
+
+
+@torch.no_grad()
+def test_from_pretrained_reads_a_saved_folder_offline(tmp_path):
+    hf = gpt2_hf()
+    hf.save_pretrained(tmp_path / "tiny-gpt2")
+    ours = GPT.from_pretrained(str(tmp_path / "tiny-gpt2"))
+    x = tokens(32)
+    torch.testing.assert_close(ours(x)[0], hf(x).logits, atol=ATOL, rtol=0)
+    assert not ours.training
+
+
+def test_from_pretrained_unknown_folder_raises_oserror(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError):
+        GPT.from_pretrained(str(tmp_path / "no-such-model"))
+
+
+def test_hub_reachable_is_false_for_an_unresolvable_host():
+    from utils.hf_convert import hub_reachable
+    assert hub_reachable("no-such-host.invalid", timeout=1.0) is False

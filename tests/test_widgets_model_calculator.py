@@ -1,0 +1,106 @@
+"""The chapter 05 calculator, driven from Python: presets, sliders, bad combinations."""
+
+import html
+import re
+
+import pytest
+
+from utils.model import GPT, GPTConfig, count_parameters
+from utils.widgets.model_calculator import PRESETS, Spec, model_calculator, model_cost
+
+
+def is_png(data: bytes) -> bool:
+    return data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def text(w) -> str:
+    return html.unescape(re.sub("<[^>]+>", "", w.message.value))
+
+
+@pytest.mark.parametrize("name, billions", [
+    ("GPT-2 small", 0.1244), ("GPT-2 XL (the '1.5B' GPT-2)", 1.558), ("Llama-3-8B", 8.030),
+    ("Llama-3.1-405B", 405.9), ("Mixtral 8x22B", 140.6), ("Qwen2.5-72B", 72.7),
+    ("Mistral Large 2 (123B)", 122.6),
+])
+def test_presets_give_the_published_sizes(name, billions):
+    assert model_cost(PRESETS[name])["total"] / 1e9 == pytest.approx(billions, rel=2e-3)
+
+
+def test_mixture_of_experts_counts_active_parameters():
+    cost = model_cost(PRESETS["Mixtral 8x22B"])
+    assert cost["active"] / 1e9 == pytest.approx(39.2, rel=5e-3)   # "39B active"
+    dense = model_cost(PRESETS["Llama-3-8B"])
+    assert dense["active"] == dense["total"]
+
+
+def test_calculator_agrees_with_a_real_small_model():
+    spec = Spec(64, 3, 4, 2, 100, 32, "swiglu", tied=False)
+    model = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=4, n_embd=64,
+                          n_kv_head=2, bias=False, pos="rope", norm="rms", mlp="swiglu",
+                          tie_weights=False))
+    assert model_cost(spec)["total"] == count_parameters(model)
+    gpt2ish = Spec(64, 2, 4, 4, 100, 32)
+    assert model_cost(gpt2ish)["total"] == count_parameters(
+        GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=64)))
+
+
+def test_memory_follows_bytes_per_parameter():
+    cost = model_cost(PRESETS["Llama-3-8B"])
+    assert cost["weights_fp32"] == 2 * cost["weights_bf16"] == 4 * cost["weights_int8"]
+    assert cost["train_states"] == 16 * cost["total"]
+
+
+def test_sliders_change_picture_and_numbers():
+    w = model_calculator()
+    first_image, first_text = w.image.value, text(w)
+    assert is_png(first_image) and "124M parameters" in first_text
+    w.controls["n_layer"].value = 24
+    assert w.image.value != first_image and "124M" not in text(w)
+    for name, value in [("d_model", 1024), ("n_head", 16), ("n_kv_head", 4), ("vocab", 32000),
+                        ("context", 4096), ("experts", 4), ("ffn", "swiglu"), ("tied", False)]:
+        before_image, before_text = w.image.value, text(w)
+        w.controls[name].value = value
+        assert w.image.value != before_image or text(w) != before_text, name
+
+
+def test_presets_set_every_control():
+    w = model_calculator()
+    w.controls["preset"].value = "Llama-3-8B"
+    assert w.controls["n_kv_head"].value == 8 and w.controls["ffn"].value == "swiglu"
+    assert "8.03B parameters" in text(w)
+    w.controls["preset"].value = "Mixtral 8x22B"
+    assert "141B parameters" in text(w) and "39.2B of them used per token" in text(w)
+    assert "176B" in text(w)                                   # the note about "8x22B"
+
+
+def test_width_follows_the_rule_after_a_manual_change():
+    w = model_calculator("Llama-3-8B")
+    w.controls["n_layer"].value = 33           # the preset's FFN width (14336) is kept
+    assert "8.25B" in text(w)
+    w.controls["d_model"].value = 4096 + 64    # now SwiGLU's 8/3 rule applies again
+    assert "8.25B" not in text(w)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("n_head", 7, "cannot be split"), ("n_kv_head", 5, "must divide"),
+])
+def test_impossible_combinations_show_a_message(name, value, words):
+    w = model_calculator()
+    w.controls[name].value = value
+    assert words in text(w) and "Traceback" not in w.message.value
+
+
+def test_extreme_sliders_stay_usable():
+    w = model_calculator()
+    for name in ("d_model", "n_layer", "vocab", "context", "experts"):
+        for value in (w.controls[name].min, w.controls[name].max):
+            w.controls[name].value = value
+            assert "Could not show" not in w.message.value, (name, value)
+    w.controls["n_head"].value = 1
+    w.controls["n_kv_head"].value = 1
+    assert "parameters" in text(w)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="preset"):
+        model_calculator("GPT-5")

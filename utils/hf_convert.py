@@ -1,0 +1,200 @@
+"""Load Hugging Face GPT-2 and Llama weights into our GPT (chapter 05).
+
+Our `GPT` computes the same function as `transformers`' GPT-2 and Llama; only the names and a
+few layouts differ. The converters below are the whole translation:
+
+GPT-2 (`GPT2LMHeadModel`)
+    Its linear layers are `Conv1D` modules, which store the weight as [in, out]; `nn.Linear`
+    stores [out, in], so every one of them is transposed. `c_attn` already fuses Q, K and V
+    in our order (all Q heads, then K, then V), so it maps onto `attn.qkv` directly.
+
+Llama (`LlamaForCausalLM`)
+    Q, K and V are three matrices; we stack them into the fused `attn.qkv`. The one real
+    difference is RoPE's pairing of dimensions. Ours (chapter 02) rotates interleaved pairs
+    (0, 1), (2, 3), ...; Hugging Face's `rotate_half` pairs dimension i with i + d/2. We keep
+    our convention and reorder the rows of each Q and K head instead (row i -> 2i and
+    row i + d/2 -> 2i + 1). The same reordering of q and k leaves every dot product q . k,
+    and so every attention score, unchanged.
+
+`transformers` is imported only inside the functions that need it: it is slow to import and
+the rest of the course does not need it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+from torch import nn
+
+from utils.embeddings import RotaryEmbedding
+from utils.model import GPT, GPTConfig, ffn_hidden_size
+
+
+def gpt2_config_from_hf(hf_config) -> GPTConfig:
+    """Our GPTConfig for a `transformers.GPT2Config`."""
+    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT2Config.activation_function={hf_config.activation_function!r}: "
+                         f"our FeedForward uses the tanh GELU ('gelu_new') only")
+    if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
+        raise ValueError(f"GPT2Config.n_inner={hf_config.n_inner}: our GELU feed-forward is "
+                         f"4 * n_embd = {4 * hf_config.n_embd} wide")
+    return GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
+                     n_layer=hf_config.n_layer, n_head=hf_config.n_head,
+                     n_embd=hf_config.n_embd, bias=True, pos="learned", norm="layer",
+                     mlp="gelu", tie_weights=hf_config.tie_word_embeddings)
+
+
+def llama_config_from_hf(hf_config) -> GPTConfig:
+    """Our GPTConfig for a `transformers.LlamaConfig` (the parts our GPT can express)."""
+    d, h = hf_config.hidden_size, hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or d // h
+    if head_dim * h != d:
+        raise ValueError(f"LlamaConfig.head_dim={head_dim} with {h} heads != hidden_size={d}; "
+                         f"our attention splits hidden_size evenly over the heads")
+    if hf_config.intermediate_size != ffn_hidden_size(d, "swiglu"):
+        raise ValueError(f"LlamaConfig.intermediate_size={hf_config.intermediate_size}, but "
+                         f"our SwiGLU width for hidden_size={d} is "
+                         f"{ffn_hidden_size(d, 'swiglu')} (utils.model.ffn_hidden_size)")
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"LlamaConfig rope_type={rope.get('rope_type')!r}: only plain RoPE "
+                         f"('default') is implemented")
+    if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
+        raise ValueError("LlamaConfig with attention_bias/mlp_bias: our Llama layout has no biases")
+    return GPTConfig(vocab_size=hf_config.vocab_size,
+                     block_size=hf_config.max_position_embeddings,
+                     n_layer=hf_config.num_hidden_layers, n_head=h, n_embd=d,
+                     n_kv_head=hf_config.num_key_value_heads, bias=False, pos="rope",
+                     norm="rms", mlp="swiglu", tie_weights=hf_config.tie_word_embeddings)
+
+
+class _Checkpoint(dict):
+    """A state dict whose missing keys raise a ValueError that says what is wrong."""
+
+    def __missing__(self, key):
+        raise ValueError(f"the checkpoint has no tensor {key!r}: it was saved from a model "
+                         f"with another shape (layers, names) than this GPT")
+
+
+def _set_norm_eps(model: GPT, eps: float) -> None:
+    for module in model.modules():
+        if hasattr(module, "eps") and isinstance(getattr(module, "weight", None), nn.Parameter):
+            module.eps = eps
+
+
+@torch.no_grad()
+def load_hf_gpt2_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> GPT:
+    """Copy a `GPT2LMHeadModel` state dict into `model` (configured by gpt2_config_from_hf)."""
+    sd = _Checkpoint({k.removeprefix("transformer."): v for k, v in state_dict.items()})
+    ours: dict[str, torch.Tensor] = {
+        "embed.token.weight": sd["wte.weight"],
+        "embed.position.weight": sd["wpe.weight"],
+        "norm.weight": sd["ln_f.weight"],
+        "norm.bias": sd["ln_f.bias"],
+    }
+    conv1d = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
+              "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
+    for i in range(model.config.n_layer):
+        for hf_norm, our_norm in (("ln_1", "norm1"), ("ln_2", "norm2")):
+            for p in ("weight", "bias"):
+                ours[f"blocks.{i}.{our_norm}.{p}"] = sd[f"h.{i}.{hf_norm}.{p}"]
+        for hf_name, our_name in conv1d.items():
+            ours[f"blocks.{i}.{our_name}.weight"] = sd[f"h.{i}.{hf_name}.weight"].t()  # [in, out]
+            ours[f"blocks.{i}.{our_name}.bias"] = sd[f"h.{i}.{hf_name}.bias"]
+    if not model.config.tie_weights:
+        ours["lm_head.weight"] = _Checkpoint(state_dict)["lm_head.weight"]
+    _copy_into(model, ours)
+    return model
+
+
+def _interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder each head's rows from half-split RoPE pairs (i, i + d/2) to interleaved (2i, 2i+1)."""
+    out_features, d_in = w.shape
+    head_dim = out_features // n_heads
+    # [heads, 2 halves, d/2, in] -> [heads, d/2, 2, in]: row i of each half lands next to its twin
+    return w.view(n_heads, 2, head_dim // 2, d_in).transpose(1, 2).reshape(out_features, d_in)
+
+
+@torch.no_grad()
+def load_hf_llama_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> GPT:
+    """Copy a `LlamaForCausalLM` state dict into `model` (configured by llama_config_from_hf)."""
+    sd = _Checkpoint({k.removeprefix("model."): v for k, v in state_dict.items()})
+    cfg = model.config
+    ours: dict[str, torch.Tensor] = {"embed.token.weight": sd["embed_tokens.weight"],
+                                     "norm.weight": sd["norm.weight"]}
+    for i in range(cfg.n_layer):
+        attn, mlp = f"layers.{i}.self_attn", f"layers.{i}.mlp"
+        q = _interleave_rope_rows(sd[f"{attn}.q_proj.weight"], cfg.n_head)
+        k = _interleave_rope_rows(sd[f"{attn}.k_proj.weight"], cfg.kv_heads)
+        ours[f"blocks.{i}.attn.qkv.weight"] = torch.cat([q, k, sd[f"{attn}.v_proj.weight"]])
+        ours[f"blocks.{i}.attn.proj.weight"] = sd[f"{attn}.o_proj.weight"]
+        for name in ("gate", "up", "down"):
+            ours[f"blocks.{i}.mlp.{name}.weight"] = sd[f"{mlp}.{name}_proj.weight"]
+        ours[f"blocks.{i}.norm1.weight"] = sd[f"layers.{i}.input_layernorm.weight"]
+        ours[f"blocks.{i}.norm2.weight"] = sd[f"layers.{i}.post_attention_layernorm.weight"]
+    if not cfg.tie_weights:
+        ours["lm_head.weight"] = _Checkpoint(state_dict)["lm_head.weight"]
+    _copy_into(model, ours)
+    return model
+
+
+def _copy_into(model: GPT, ours: dict[str, torch.Tensor]) -> None:
+    """Copy every tensor, insisting that each of the model's parameters got exactly one."""
+    params = dict(model.named_parameters())   # a tied lm_head.weight is listed once, as embed's
+    missing = sorted(set(params) - set(ours))
+    unknown = sorted(set(ours) - set(params))
+    if missing or unknown:
+        raise ValueError(f"state dict does not fit this GPT: missing {missing}, unexpected {unknown}")
+    for name, tensor in ours.items():
+        if params[name].shape != tensor.shape:
+            raise ValueError(f"{name}: the checkpoint has shape {tuple(tensor.shape)}, "
+                             f"the model {tuple(params[name].shape)}")
+        params[name].copy_(tensor)
+
+
+def gpt_from_hf(hf_model) -> GPT:
+    """Our GPT holding the weights of a `transformers` GPT-2 or Llama causal LM."""
+    hf_config = hf_model.config
+    state_dict = hf_model.state_dict()
+    if hf_config.model_type == "gpt2":
+        model = GPT(gpt2_config_from_hf(hf_config))
+        _set_norm_eps(model, hf_config.layer_norm_epsilon)
+        load_hf_gpt2_state_dict(model, state_dict)
+    elif hf_config.model_type == "llama":
+        model = GPT(llama_config_from_hf(hf_config))
+        _set_norm_eps(model, hf_config.rms_norm_eps)
+        theta = (getattr(hf_config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        if theta != 10000.0:                    # e.g. Llama 3 uses 500000: slower rotations
+            model.rope = RotaryEmbedding(model.config.head_dim, model.config.block_size, theta)
+            for block in model.blocks:
+                block.attn.rope = model.rope
+        load_hf_llama_state_dict(model, state_dict)
+    else:
+        raise ValueError(f"model_type={hf_config.model_type!r}: only 'gpt2' and 'llama' "
+                         f"layouts are converted")
+    return model.to(next(hf_model.parameters()).dtype).eval()
+
+
+def gpt_from_hf_pretrained(name_or_path: str, **kwargs) -> GPT:
+    """`transformers.AutoModelForCausalLM.from_pretrained(name_or_path)`, converted to our GPT.
+
+    A name like "gpt2" is fetched from the Hugging Face Hub (internet, or its local cache); a
+    folder written by `save_pretrained` loads offline. Raises OSError when neither works.
+    """
+    from transformers import AutoModelForCausalLM
+    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    return gpt_from_hf(hf_model)
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """True when the Hugging Face Hub answers on port 443 within `timeout` seconds.
+
+    `from_pretrained` retries for half a minute before giving up offline; asking first lets
+    a notebook go straight to the cache (`local_files_only=True`) instead.
+    """
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

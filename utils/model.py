@@ -1,0 +1,474 @@
+"""The transformer block and the GPT built from it (chapter 05; trained from chapter 07 on).
+
+A GPT is a stack of identical blocks between an embedding and an output layer:
+
+    ids [B, T] -> token (+ position) embedding -> Block x n_layer -> final norm -> lm_head
+                                                                     -> logits [B, T, vocab]
+
+and each block does two things, each wrapped in a norm and a residual connection ("pre-norm"):
+
+    x = x + attn(norm1(x))     tokens talk: each position reads from earlier positions
+    x = x + mlp(norm2(x))      tokens think: each position is transformed on its own
+
+One `GPTConfig` covers both families the course compares:
+
+* GPT-2: learned positions, LayerNorm, GELU feed-forward, biases, tied input/output embedding;
+* Llama: RoPE inside attention, RMSNorm, SwiGLU feed-forward, no biases, grouped-query
+  attention (`n_kv_head < n_head`), separate output layer.
+
+`utils/hf_convert.py` loads Hugging Face weights of both layouts into this model; the tests
+check the logits match `transformers`' own models.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.attention import MultiHeadAttention
+from utils.embeddings import RotaryEmbedding, TokenPositionEmbedding, alibi_slopes
+
+POSITIONS = ("learned", "rope", "alibi", "none")
+NORMS = ("layer", "rms")
+MLPS = ("gelu", "swiglu")
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm written out: standardise each vector over its features, then scale and shift.
+
+    The variance is the plain mean of squared deviations (divide by d, not d - 1), and eps
+    goes inside the square root. Same numbers as `torch.nn.functional.layer_norm`.
+
+    >>> x = torch.tensor([[1.0, 2.0, 3.0]])
+    >>> layer_norm(x)
+    tensor([[-1.2247,  0.0000,  1.2247]])
+    """
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None,
+             eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm written out: divide each vector by its root mean square, then scale.
+
+    No mean is subtracted and there is no bias: one reduction instead of two.
+
+    >>> rms_norm(torch.tensor([[3.0, -3.0, 3.0, -3.0]]))
+    tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]])
+    """
+    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's own always has one when it has a weight).
+
+    >>> ln = LayerNorm(4)
+    >>> x = torch.randn(2, 3, 4)
+    >>> torch.allclose(ln(x), nn.LayerNorm(4)(x), atol=1e-6)
+    True
+    """
+
+    def __init__(self, d: int, bias: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))                   # the gain, gamma
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None  # the shift, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the fused kernel computes exactly `layer_norm` above, in one pass
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama). Computed in float32, returned in the input's dtype.
+
+    >>> norm = RMSNorm(4)
+    >>> norm(torch.full((1, 4), 5.0))
+    tensor([[1.0000, 1.0000, 1.0000, 1.0000]], grad_fn=<MulBackward0>)
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In bf16 the mean of squares loses precision; do the statistics in float32.
+        return self.weight * rms_norm(x.float(), eps=self.eps).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------ feed-forward
+
+def ffn_hidden_size(n_embd: int, mlp: str = "gelu") -> int:
+    """Width of the feed-forward layer's hidden layer.
+
+    GELU: 4 * n_embd. SwiGLU has three matrices instead of two, so its width is 2/3 of that
+    (rounded up to a multiple of 8), which keeps the parameter count about the same.
+
+    >>> ffn_hidden_size(768), ffn_hidden_size(768, "swiglu")
+    (3072, 2048)
+    """
+    if mlp == "gelu":
+        return 4 * n_embd
+    if mlp == "swiglu":
+        return 8 * math.ceil(8 * n_embd / 3 / 8)
+    raise ValueError(f"mlp must be one of {MLPS}, got {mlp!r}")
+
+
+class FeedForward(nn.Module):
+    """The position-wise feed-forward network: the same small MLP applied to every token.
+
+    mlp="gelu"    down(gelu(up(x)))               (GPT-2; tanh-approximated GELU)
+    mlp="swiglu"  down(silu(gate(x)) * up(x))     (Llama)
+
+    >>> ffn = FeedForward(16, mlp="swiglu")
+    >>> ffn(torch.randn(2, 5, 16)).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, n_embd: int, mlp: str = "gelu", hidden: int | None = None,
+                 bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = ffn_hidden_size(n_embd, mlp) if hidden is None else hidden
+        self.mlp = mlp
+        self.up = nn.Linear(n_embd, hidden, bias=bias)
+        self.gate = nn.Linear(n_embd, hidden, bias=bias) if mlp == "swiglu" else None
+        self.down = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            h = F.gelu(self.up(x), approximate="tanh")      # [B, T, hidden]
+        else:
+            h = F.silu(self.gate(x)) * self.up(x)           # the gate decides what passes
+        return self.dropout(self.down(h))                   # [B, T, n_embd]
+
+
+# ------------------------------------------------------------------------------------ config
+
+@dataclass
+class GPTConfig:
+    """Everything needed to build a GPT. Invalid values raise a ValueError naming the field.
+
+    n_kv_head   key/value heads (None: one per query head; fewer: grouped-query attention)
+    pos         "learned" (GPT-2), "rope" (Llama), "alibi" or "none"
+    norm        "layer" (LayerNorm) or "rms" (RMSNorm)
+    mlp         "gelu" (4x wide) or "swiglu" (about 8/3x wide, three matrices)
+    bias        biases in every linear layer and LayerNorm
+    tie_weights the output layer reuses the token embedding matrix
+    """
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_kv_head: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    pos: str = "learned"
+    norm: str = "layer"
+    mlp: str = "gelu"
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by "
+                             f"n_head={self.n_head}")
+        if self.n_kv_head is not None and (
+                isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, numbers.Integral)
+                or self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise ValueError(f"GPTConfig.n_kv_head must be None or a positive divisor of "
+                             f"n_head={self.n_head}, got {self.n_kv_head!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name, allowed in (("pos", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"GPTConfig.pos='rope' rotates pairs of dimensions, so the head "
+                             f"size n_embd/n_head must be even, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rms":
+        return RMSNorm(config.n_embd)
+    return LayerNorm(config.n_embd, bias=config.bias)
+
+
+# ------------------------------------------------------------------------------------- block
+
+class Block(nn.Module):
+    """One pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x)).
+
+    `forward(x, mask=None, is_causal=True, offset=0, need_weights=False)`: `mask` is a
+    boolean or additive mask for the attention (see utils/attention.py); with
+    `need_weights=True` it returns (x, attention weights [B, n_head, T, S]).
+
+    >>> block = Block(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    >>> block(torch.randn(3, 8, 16)).shape                 # the shape never changes
+    torch.Size([3, 8, 16])
+    """
+
+    def __init__(self, config: GPTConfig, rope: nn.Module | None = None) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head,
+                                       dropout=config.dropout, bias=config.bias,
+                                       use_sdpa=True, rope=rope)
+        self.norm2 = make_norm(config)
+        self.mlp = FeedForward(config.n_embd, config.mlp, bias=config.bias,
+                               dropout=config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True,
+                offset: int = 0, need_weights: bool = False):
+        a = self.attn(self.norm1(x), mask=mask, is_causal=is_causal,
+                      need_weights=need_weights, offset=offset)
+        a, weights = a if need_weights else (a, None)
+        x = x + a                               # tokens talk
+        x = x + self.mlp(self.norm2(x))         # tokens think
+        return (x, weights) if need_weights else x
+
+
+# --------------------------------------------------------------------------------------- GPT
+
+@dataclass
+class GPTOutput:
+    """What `GPT.forward` returns when asked for hidden states or attention weights.
+
+    hidden_states  n_layer + 1 tensors [B, T, n_embd]: the embeddings, then the residual
+                   stream after each block (before the final norm; `GPT.unembed` turns any
+                   of them into logits, the "logit lens" of chapter 08)
+    attentions     n_layer tensors [B, n_head, T, T] of attention weights
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    hidden_states: list[torch.Tensor] | None = None
+    attentions: list[torch.Tensor] | None = field(default=None)
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model.
+
+    `forward(idx, targets=None)` returns `(logits, loss)`: logits [B, T, vocab_size] and the
+    mean cross-entropy against `targets` [B, T] (None without targets). Targets equal to -1
+    are ignored, so a prompt can be left out of the loss (chapter 10).
+
+    `forward(idx, targets=None, return_hidden=True, return_attention=True)` returns a
+    `GPTOutput` with the hidden states and/or attention weights as well (attention weights
+    take the slower from-scratch attention path, since the fused kernel never forms them).
+
+    Extra keyword arguments: `mask` (boolean [T, T] or broadcastable, True = may attend;
+    combined with the causal mask) and `offset` (position of idx[:, 0], for a KV cache).
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    >>> idx, targets = torch.randint(0, 50, (4, 16)), torch.randint(0, 50, (4, 16))
+    >>> logits, loss = model(idx, targets)
+    >>> logits.shape, round(loss.item(), 1)          # untrained: loss close to ln(50) = 3.9
+    (torch.Size([4, 16, 50]), 3.9)
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = TokenPositionEmbedding(
+            config.vocab_size, config.n_embd, config.block_size,
+            positions="learned" if config.pos == "learned" else "none", dropout=config.dropout)
+        # One table of rotations shared by every layer (it holds no parameters).
+        self.rope = (RotaryEmbedding(config.head_dim, max_len=config.block_size)
+                     if config.pos == "rope" else None)
+        if config.pos == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
+        self.blocks = nn.ModuleList(Block(config, self.rope) for _ in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            # One matrix both reads tokens in and scores them out: saves vocab * n_embd
+            # parameters, and a token's input and output vectors learn together.
+            self.lm_head.weight = self.embed.token.weight
+        self.apply(self._init_weights)
+        # GPT-2: each block adds its output to the residual stream, so the stream's variance
+        # grows with depth; shrink the layers that write into it by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def attention_bias(self, T: int, S: int | None = None, mask: torch.Tensor | None = None):
+        """The mask handed to every block: ALiBi's distance penalty and/or the caller's mask.
+
+        Queries are the last T of S positions (S > T once earlier keys are cached), so query
+        i and key j are i - j + S - T positions apart, whatever the absolute offset.
+        """
+        if self.config.pos != "alibi":
+            return mask
+        S = T if S is None else S
+        q_pos = torch.arange(S - T, S, device=self.alibi_slopes.device)
+        k_pos = torch.arange(S, device=self.alibi_slopes.device)
+        distance = (q_pos[:, None] - k_pos[None, :]).abs().float()       # [T, S]
+        bias = -self.alibi_slopes[:, None, None] * distance               # [n_head, T, S]
+        if mask is not None:
+            bias = bias.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else bias + mask
+        return bias
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                return_hidden: bool = False, return_attention: bool = False,
+                mask: torch.Tensor | None = None, offset: int = 0):
+        B, T = idx.shape
+        if offset + T > self.config.block_size:
+            raise ValueError(f"cannot run {offset + T} positions: block_size is "
+                             f"{self.config.block_size}; crop idx to its last "
+                             f"{self.config.block_size - offset} tokens")
+        x = self.embed(idx, start=offset)                   # [B, T, n_embd]
+        bias = self.attention_bias(T, mask=mask)
+        hidden, attentions = [x], []
+        for block in self.blocks:
+            if return_attention:
+                x, weights = block(x, mask=bias, offset=offset, need_weights=True)
+                attentions.append(weights)
+            else:
+                x = block(x, mask=bias, offset=offset)
+            hidden.append(x)
+        logits = self.unembed(x)                            # [B, T, vocab_size]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(),
+                                   targets.reshape(-1), ignore_index=-1)
+        if return_hidden or return_attention:
+            return GPTOutput(logits, loss, hidden if return_hidden else None,
+                             attentions if return_attention else None)
+        return logits, loss
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, then the output layer: residual stream [.., n_embd] -> logits [.., vocab]."""
+        return self.lm_head(self.norm(x))
+
+    def get_num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, each shared tensor counted once; optionally without the embeddings
+        (the usual convention for scaling laws; a tied output layer stays counted)."""
+        n = count_parameters(self)
+        if non_embedding:
+            n -= sum(p.numel() for p in self.embed.parameters())
+            if self.config.tie_weights:
+                n += self.embed.token.weight.numel()
+        return n
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context length, e.g. to run a pretrained model on shorter sequences."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in 1..{self.config.block_size}, got {block_size}")
+        self.config.block_size = block_size
+        self.embed.max_len = block_size
+        if self.embed.position is not None:
+            self.embed.position.weight = nn.Parameter(self.embed.position.weight[:block_size])
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **hf_kwargs) -> GPT:
+        """A GPT with GPT-2's weights from Hugging Face ("gpt2", "gpt2-medium", ... or a local
+        folder saved by `transformers`). Needs internet (or the Hugging Face cache) for names."""
+        from utils.hf_convert import gpt_from_hf_pretrained
+        return gpt_from_hf_pretrained(name_or_path, **hf_kwargs)
+
+
+# ---------------------------------------------------------------------------- where the cost is
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters; a tensor shared by two layers (tied weights) counts once.
+
+    >>> count_parameters(nn.Linear(3, 2))
+    8
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_breakdown(config: GPTConfig, ffn_hidden: int | None = None) -> dict[str, int]:
+    """Parameters of a GPT by where they live, computed from the config alone.
+
+    Keys: embedding (tokens + learned positions), attention, ffn, norms, lm_head (0 when
+    tied) and total. `ffn_hidden` overrides the feed-forward width (real Llamas round it
+    their own way). For the model this file builds, `total == count_parameters(GPT(config))`.
+
+    >>> gpt2 = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    >>> parameter_breakdown(gpt2)["total"]
+    124439808
+    """
+    d, L, b = config.n_embd, config.n_layer, config.bias
+    hidden = ffn_hidden_size(d, config.mlp) if ffn_hidden is None else ffn_hidden
+    kv_width = config.kv_heads * config.head_dim
+    embedding = config.vocab_size * d + (config.block_size * d if config.pos == "learned" else 0)
+    qkv = d * (d + 2 * kv_width) + (d + 2 * kv_width if b else 0)
+    attention = L * (qkv + d * d + (d if b else 0))
+    n_mats = 3 if config.mlp == "swiglu" else 2
+    ffn = L * (n_mats * d * hidden + ((n_mats - 1) * hidden + d if b else 0))
+    per_norm = d + (d if b and config.norm == "layer" else 0)
+    norms = (2 * L + 1) * per_norm
+    lm_head = 0 if config.tie_weights else config.vocab_size * d
+    total = embedding + attention + ffn + norms + lm_head
+    return {"embedding": embedding, "attention": attention, "ffn": ffn, "norms": norms,
+            "lm_head": lm_head, "total": total}
+
+
+def estimate_flops_per_token(config: GPTConfig, seq_len: int | None = None,
+                             training: bool = False, ffn_hidden: int | None = None) -> int:
+    """Floating-point operations to process one token (a multiply-add counts as 2).
+
+    Forward: 2 per weight used in a matrix multiply (every weight except the embedding
+    lookups; a tied lm_head counts once more here because it *is* a matmul), plus attention
+    itself, 2 * 2 * n_layer * seq_len * n_embd for Q Kᵀ and weights @ V over `seq_len` keys
+    (default block_size; causal masking would halve it, the usual estimate does not).
+    Training (forward + backward) costs about 3x the forward: the famous 6N.
+
+    >>> cfg = GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=1, n_embd=4, bias=False)
+    >>> estimate_flops_per_token(cfg, seq_len=8)   # 2*(48+16+128+400) matmul + 2*2*8*4
+    1312
+    """
+    parts = parameter_breakdown(config, ffn_hidden)
+    d = config.n_embd
+    # weights of the matrix multiplies only (biases and norms are cheap elementwise ops)
+    matmul = parts["attention"] + parts["ffn"] + config.vocab_size * d
+    if config.bias:
+        hidden = ffn_hidden_size(d, config.mlp) if ffn_hidden is None else ffn_hidden
+        n_mats = 3 if config.mlp == "swiglu" else 2
+        kv_width = config.kv_heads * config.head_dim
+        matmul -= config.n_layer * ((d + 2 * kv_width) + d + (n_mats - 1) * hidden + d)
+    seq_len = config.block_size if seq_len is None else seq_len
+    forward = 2 * matmul + 2 * 2 * config.n_layer * seq_len * d
+    return 3 * forward if training else forward
