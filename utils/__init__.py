@@ -21,6 +21,11 @@ Each module is named after what it holds and is introduced by one chapter:
                      masked_softmax (True = may attend)                        (chapter 06)
     encoder_decoder  bidirectional Encoder, masked-LM helpers, cross-attention,
                      EncoderDecoder and the string-reversal toy                (chapter 06)
+    losses           cross-entropy written out; uniform/unigram/bigram loss lines (chapter 07)
+    optim            AdamW from its update rule, lr_at (warm-up + cosine)      (chapter 07)
+    train            the trainer: TrainConfig, presets, train(), checkpoints,
+                     DDP; `python -m utils.train --preset shakespeare-char`    (chapter 07)
+    pretrained       trained GPTs as safetensors; load_pretrained(name)        (chapter 07)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """

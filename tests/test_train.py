@@ -1,0 +1,280 @@
+"""The trainer (utils/train.py), tested on a tiny stand-in model with the same forward
+signature as the course's GPT, and end to end through `python -m utils.train`."""
+
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.paths import REPO_ROOT
+from utils.train import (
+    CheckpointError,
+    TrainConfig,
+    batch_for_step,
+    estimate_loss,
+    load_checkpoint,
+    parse_args,
+    preset,
+    save_checkpoint,
+    train,
+)
+
+VOCAB = 12
+
+
+class StandIn(nn.Module):
+    """Any module with forward(idx, targets) -> (logits, loss) can be trained: this one mixes
+    each position with the mean of the ones before it, with dropout so the RNG matters."""
+
+    def __init__(self, vocab=VOCAB, d=16, block=8, dropout=0.2, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Embedding(block, d)
+        self.mix, self.head = nn.Linear(d, d), nn.Linear(d, vocab)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        x = self.emb(idx) + self.pos(torch.arange(T, device=idx.device))
+        x = x + x.cumsum(1) / torch.arange(1, T + 1, device=idx.device)[:, None]
+        logits = self.head(self.drop(torch.tanh(self.mix(x))))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+def _data(n=3000, seed=0):
+    # a learnable sequence: mostly "next = previous + 1", with some noise
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.where(torch.rand(n, generator=g) < 0.8, 1, torch.randint(VOCAB, (n,), generator=g))
+    return steps.cumsum(0) % VOCAB
+
+
+def _config(**kw):
+    settings = dict(block_size=8, batch_size=8, max_steps=30, lr=1e-2, min_lr=1e-3,
+                    warmup_steps=3, eval_interval=10, eval_batches=3, log_interval=5,
+                    device="cpu", seed=7)
+    return TrainConfig(**{**settings, **kw})
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))
+
+
+def test_training_lowers_the_loss_and_logs_every_event():
+    data = _data()
+    events = []
+    result = train(StandIn(), data[:2500], data[2500:], _config(), callbacks=[events.append],
+                   progress=False)
+    h = result.history
+    assert h["eval_step"] == [0, 10, 20, 30] and h["step"] == [5, 10, 15, 20, 25, 30]
+    assert h["val"][-1] < h["val"][0] - 0.3, h["val"]
+    assert [e["event"] for e in events].count("eval") == 4 and events[-1]["event"] == "end"
+    assert result.model.training is False
+    assert abs(h["val"][0] - torch.log(torch.tensor(VOCAB)).item()) < 0.3  # starts near ln V
+
+
+def test_batches_are_a_function_of_the_step_and_targets_are_shifted():
+    data, cfg = _data(), _config()
+    x1, y1 = batch_for_step(data, cfg, step=5, micro_step=0)
+    x2, y2 = batch_for_step(data, cfg, step=5, micro_step=0)
+    x3, _ = batch_for_step(data, cfg, step=6, micro_step=0)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])
+    # two micro-batches of 8 are the two halves of one batch of 16
+    big = _config(batch_size=16)
+    a, _ = batch_for_step(data, _config(grad_accum_steps=2), 3, 0)
+    b, _ = batch_for_step(data, _config(grad_accum_steps=2), 3, 1)
+    whole, _ = batch_for_step(data, big, 3, 0)
+    assert torch.equal(torch.cat([a, b]), whole)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    data = _data()
+    small = train(StandIn(dropout=0.0), data, None, _config(grad_accum_steps=2, max_steps=8),
+                  progress=False).model
+    big = train(StandIn(dropout=0.0), data, None, _config(batch_size=16, max_steps=8),
+                progress=False).model
+    for p, q in zip(small.parameters(), big.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_same_seed_same_weights_different_seed_different_weights():
+    data = _data()
+    a = train(StandIn(), data, None, _config(max_steps=6), progress=False).model
+    b = train(StandIn(), data, None, _config(max_steps=6), progress=False).model
+    c = train(StandIn(), data, None, _config(max_steps=6, seed=8), progress=False).model
+    assert _same_weights(a, b) and not _same_weights(a, c)
+
+
+def test_resume_in_process_is_exact(tmp_path):
+    data = _data()
+    straight = train(StandIn(), data[:2500], data[2500:], _config(decay_steps=30), progress=False)
+    path = tmp_path / "ckpt.pt"
+    # stop at step 20 (same schedule: the decay still ends at 30), then resume to 30
+    train(StandIn(), data[:2500], data[2500:], _config(max_steps=20, decay_steps=30),
+          checkpoint_path=path, progress=False)
+    assert load_checkpoint(path)["step"] == 20
+    resumed = train(StandIn(seed=99), data[:2500], data[2500:], _config(decay_steps=30),
+                    checkpoint_path=path, resume=True, progress=False)
+    assert _same_weights(straight.model, resumed.model)
+    assert resumed.history == straight.history
+
+
+def test_resume_refuses_a_checkpoint_trained_differently(tmp_path):
+    data, path = _data(), tmp_path / "ckpt.pt"
+    train(StandIn(), data, None, _config(max_steps=10), checkpoint_path=path, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(StandIn(), data, None, _config(lr=5e-3), checkpoint_path=path, resume=True,
+              progress=False)
+
+
+def test_estimate_loss_is_repeatable_and_leaves_train_mode():
+    model, data = StandIn(), _data()
+    model.train()
+    a, b = estimate_loss(model, data, _config()), estimate_loss(model, data, _config())
+    assert a == b and model.training
+
+
+# ---- checkpoint files -------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = StandIn()
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    opt.step()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, opt, 3, _config(), {"step": [1]})
+    return path
+
+
+def test_checkpoint_round_trip_and_no_temporary_files(checkpoint):
+    state = load_checkpoint(checkpoint)
+    assert state["step"] == 3 and state["train_config"]["seed"] == 7
+    assert os.listdir(checkpoint.parent) == ["ckpt.pt"]
+
+
+def test_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_checkpoint(tmp_path / "nothere.pt")
+
+
+def test_truncated_checkpoint_is_refused_with_its_name(checkpoint):
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="ckpt.pt.*truncated or corrupted"):
+        load_checkpoint(checkpoint)
+
+
+def test_corrupted_tensor_bytes_are_caught_by_the_checksum(checkpoint, tmp_path):
+    # Rewrite the zip with one byte of the largest tensor flipped (valid zip, wrong data).
+    broken = tmp_path / "broken.pt"
+    with zipfile.ZipFile(checkpoint) as src, zipfile.ZipFile(broken, "w") as dst:
+        biggest = max((i for i in src.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        for info in src.infolist():
+            raw = bytearray(src.read(info.filename))
+            if info.filename == biggest.filename:
+                raw[len(raw) // 2] ^= 0xFF
+            dst.writestr(info, bytes(raw))
+    with pytest.raises(CheckpointError, match="broken.pt.*(corrupted|checksum)"):
+        load_checkpoint(broken)
+
+
+def test_garbage_bytes_are_refused(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(os.urandom(5000))
+    with pytest.raises(CheckpointError, match="noise.pt"):
+        load_checkpoint(path)
+
+
+def test_foreign_checkpoints_are_refused(tmp_path):
+    plain = tmp_path / "plain_state_dict.pt"
+    torch.save(StandIn().state_dict(), plain)
+    with pytest.raises(CheckpointError, match="plain_state_dict.pt is not a checkpoint"):
+        load_checkpoint(plain)
+
+    class Sneaky:  # an object whose unpickling would run code
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "x", "payload": Sneaky()}, pickled)
+    with pytest.raises(CheckpointError, match="refused to load .*pickled.pt"):
+        load_checkpoint(pickled)
+
+
+# ---- the command ------------------------------------------------------------------------
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in text
+    for flag in ("--preset", "--resume", "--out-dir", "--no-progress", "--corpus"):
+        assert flag in text
+
+
+def test_presets_pick_a_bigger_model_on_cuda():
+    cpu, cuda = preset("shakespeare-char", "cpu"), preset("shakespeare-char", "cuda")
+    assert cuda.n_embd > cpu.n_embd and cuda.block_size >= cpu.block_size
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("nope")
+
+
+def _command(out_dir, *extra):
+    return [sys.executable, "-m", "utils.train", "--preset", "tiny", "--device", "cpu",
+            "--max-steps", "40", "--eval-interval", "10", "--dropout", "0.1",
+            "--out-dir", str(out_dir), "--no-progress", *extra]
+
+
+# Runs the real command, but SIGKILLs itself after step 25 (between the checkpoints of
+# steps 20 and 30): nothing gets a chance to clean up, as when a machine dies.
+KILLER = """
+import os, signal, sys
+import utils.train as T
+notify = T._notify
+def notify_then_die(callbacks, event):
+    notify(callbacks, event)
+    if event["event"] == "train" and event["step"] == 25:
+        os.kill(os.getpid(), signal.SIGKILL)
+T._notify = notify_then_die
+T.main(sys.argv[1:])
+"""
+
+
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run = subprocess.run(_command(straight), cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    died = subprocess.run([sys.executable, str(script), *_command(killed)[3:]], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert load_checkpoint(killed / "checkpoint.pt")["step"] == 20      # last one before death
+    assert not (killed / "model.safetensors").exists()
+
+    again = subprocess.run(_command(killed, "--resume"), cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(killed / "checkpoint.pt")
+    assert a["step"] == b["step"] == 40
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"] == b["history"]
+    assert sorted(p.name for p in killed.iterdir()) == ["checkpoint.pt", "model.json",
+                                                        "model.safetensors"]
