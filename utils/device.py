@@ -6,6 +6,7 @@ uses a GPU when one is present and the CPU otherwise, with no edits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -83,6 +84,22 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run PyTorch on a single CPU thread inside a `with` block, then restore the setting.
+
+    For small tensors (a widget's redraw, a tiny model): splitting each product across
+    threads costs more than it saves, and on a busy 2-core machine a second thread mostly
+    waits for a free core (measured: a redraw of about 1 s on one thread took 5-30 s on two).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def describe_environment() -> dict[str, str]:

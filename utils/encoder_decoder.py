@@ -31,6 +31,7 @@ from torch import nn
 
 from utils.attention import MultiHeadAttention
 from utils.data import get_batch, load_corpus, train_val_split
+from utils.device import one_thread
 from utils.embeddings import alibi_bias
 from utils.masks import for_heads, padding_mask
 from utils.model import Block, FeedForward, GPTConfig, make_norm
@@ -522,7 +523,8 @@ def _load_or_train(cls, cfg, name: str, steps: int, device: torch.device, verbos
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters for {steps} "
               f"steps on {device.type} (once; cached under runs/encoder_decoder/) ...")
     start = time.perf_counter()
-    with _threads_for_small_models(device):
+    # Tiny matrices: on a CPU one thread is as fast, and never waits for a busy core.
+    with one_thread() if device.type == "cpu" else contextlib.nullcontext():
         losses = train_fn(model)
     seconds = time.perf_counter() - start
     # Write then rename, so a notebook and a test running side by side never read half a file.
@@ -535,19 +537,3 @@ def _load_or_train(cls, cfg, name: str, steps: int, device: torch.device, verbos
               f"{losses[-1][1]:.3f}")
     return model, {"config": asdict(cfg), "losses": losses, "seconds": seconds, "steps": steps,
                    "checkpoint": where, "loaded": False}
-
-
-@contextlib.contextmanager
-def _threads_for_small_models(device: torch.device):
-    """Train these tiny models on one CPU thread. Their matrices are so small that splitting
-    each product across threads costs more than it saves, and on a busy machine threads that
-    wait for each other can make a step 10-20x slower."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -7,7 +7,6 @@ and a browser updates the same way, with or without a running notebook front end
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import html
 import io
@@ -15,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import matplotlib.pyplot as plt
+
+from utils.device import one_thread  # noqa: F401  (widgets run their redraws on one thread)
 
 _COLOURS = {"info": "#31708f", "warning": "#8a6d3b", "error": "#a94442"}
 
@@ -146,21 +147,3 @@ def widget_box(rows: list, controls: dict, **outputs: Any):
     for name, widget in outputs.items():
         setattr(box, name, widget)
     return box
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run PyTorch on a single thread for the duration of a widget's computation.
-
-    A redraw's tensors are small. On a 2-core machine that is busy with something else, a
-    second thread mostly waits for a free core, and the redraw gets several times slower
-    (measured: about 1 s on one thread against 5-30 s on two for chapter 00's gradients).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
