@@ -13,6 +13,7 @@ Each module is named after what it holds and is introduced by one chapter:
     word_vectors     co-occurrence + SVD word vectors, nearest words, analogies (chapter 02)
     attention        scaled dot-product attention, AttentionHead,
                      MultiHeadAttention (fused QKV, grouped-query heads)       (chapters 03-04)
+                     KVCache                                                   (chapter 08)
     attention_lm     a tiny attention-only language model whose heads we inspect (chapter 04)
     model            LayerNorm, RMSNorm, FeedForward, Block, GPTConfig, GPT,
                      parameter/FLOP counts                                     (chapter 05)
@@ -26,6 +27,8 @@ Each module is named after what it holds and is introduced by one chapter:
     train            the trainer: TrainConfig, presets, train(), checkpoints,
                      DDP; `python -m utils.train --preset shakespeare-char`    (chapter 07)
     pretrained       trained GPTs as safetensors; load_pretrained(name)        (chapter 07)
+    generation       generate(), stream(), temperature/top-k/top-p/repetition
+                     filters, beam_search, sequence_nll, perplexity            (chapter 08)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """

@@ -150,6 +150,11 @@ class MultiHeadAttention(nn.Module):
     `need_weights=True` it returns (output, weights [B, n_heads, T, S]) and always takes the
     from-scratch path, since the fused kernel never materialises the weights.
 
+    `cache` (optional, chapters 08-09): a `KVCache`; this layer's keys and values (after the
+    rotation) are appended to slot `layer` and the queries attend to everything cached, so
+    only the new tokens need to be fed in. Use `is_causal=True` with it: the causal mask is
+    then aligned bottom-right (the new tokens see every cached one).
+
     `rope` (optional, chapter 05): a module such as `utils.embeddings.RotaryEmbedding` that
     rotates queries and keys per head, called as `rope(t, offset)` on [B, heads, T, d_head];
     `offset` in `forward` is the position of the first of the T tokens (non-zero when the
@@ -194,13 +199,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
                 need_weights: bool = False, context: torch.Tensor | None = None,
-                offset: int = 0):
+                offset: int = 0, cache: KVCache | None = None, layer: int = 0):
         q, k, v = self._project(x, context)
         q = split_heads(q, self.n_heads)                    # [B, h, T, d_head]
         k = split_heads(k, self.n_kv_heads)                 # [B, h_kv, S, d_head]
         v = split_heads(v, self.n_kv_heads)
         if self.rope is not None:                           # position enters through rotation
             q, k = self.rope(q, offset), self.rope(k, offset)
+        if cache is not None:                               # prepend the earlier tokens' K, V
+            k, v = cache.update(layer, k, v)                # [B, h_kv, past + T, d_head]
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)     # [B, h, S, d_head]
         weights = None
@@ -252,6 +259,44 @@ class MultiHeadAttention(nn.Module):
             elif bias:
                 mha.proj.bias.zero_()
         return mha
+
+
+class KVCache:
+    """The keys and values of the tokens a model has already read, one pair per layer.
+
+    Generating token t+1 needs the keys and values of tokens 0..t in every layer. Without a
+    cache they are recomputed from scratch at every step; with one, each step computes them
+    for the single new token and appends it here. Stored before `repeat_kv`, so a
+    grouped-query model keeps only its n_kv heads: [B, n_kv_heads, seq_len, d_head] per layer.
+
+    >>> cache = KVCache(n_layer=1)
+    >>> k, v = cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    >>> k, v = cache.update(0, torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
+    >>> k.shape, cache.seq_len
+    (torch.Size([1, 2, 4, 4]), 4)
+    """
+
+    def __init__(self, n_layer: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+
+    @property
+    def seq_len(self) -> int:
+        """Positions cached so far (read it before a forward pass: layer 0 is updated first)."""
+        return 0 if self.keys[0] is None else self.keys[0].size(-2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new tokens' k, v [B, h_kv, T, d] to `layer`; return all of them."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=-2)
+            v = torch.cat([self.values[layer], v], dim=-2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def num_bytes(self) -> int:
+        """Memory held by the cached tensors."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
 
 def attention_cost(d_model: int, n_heads: int, T: int, n_kv_heads: int | None = None,

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.attention import MultiHeadAttention
+from utils.attention import KVCache, MultiHeadAttention
 from utils.embeddings import RotaryEmbedding, TokenPositionEmbedding, alibi_slopes
 
 POSITIONS = ("learned", "rope", "alibi", "none")
@@ -249,9 +249,10 @@ class Block(nn.Module):
                                dropout=config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True,
-                offset: int = 0, need_weights: bool = False):
+                offset: int = 0, need_weights: bool = False, cache: KVCache | None = None,
+                layer: int = 0):
         a = self.attn(self.norm1(x), mask=mask, is_causal=is_causal,
-                      need_weights=need_weights, offset=offset)
+                      need_weights=need_weights, offset=offset, cache=cache, layer=layer)
         a, weights = a if need_weights else (a, None)
         x = x + a                               # tokens talk
         x = x + self.mlp(self.norm2(x))         # tokens think
@@ -289,6 +290,10 @@ class GPT(nn.Module):
 
     Extra keyword arguments: `mask` (boolean [T, T] or broadcastable, True = may attend;
     combined with the causal mask) and `offset` (position of idx[:, 0], for a KV cache).
+
+    `kv_cache` (a `utils.attention.KVCache`, chapter 08): `idx` holds only the tokens after
+    the cached ones; their keys and values are appended to the cache, and `offset` is taken
+    from it (the number of positions already cached). See `utils.generation`.
 
     >>> _ = torch.manual_seed(0)
     >>> model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32))
@@ -351,21 +356,29 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 return_hidden: bool = False, return_attention: bool = False,
-                mask: torch.Tensor | None = None, offset: int = 0):
+                mask: torch.Tensor | None = None, offset: int = 0,
+                kv_cache: KVCache | None = None):
         B, T = idx.shape
+        if kv_cache is not None:
+            if offset not in (0, kv_cache.seq_len):
+                raise ValueError(f"offset={offset} disagrees with the kv_cache, which holds "
+                                 f"{kv_cache.seq_len} positions; leave offset out")
+            offset = kv_cache.seq_len
         if offset + T > self.config.block_size:
             raise ValueError(f"cannot run {offset + T} positions: block_size is "
                              f"{self.config.block_size}; crop idx to its last "
                              f"{self.config.block_size - offset} tokens")
         x = self.embed(idx, start=offset)                   # [B, T, n_embd]
-        bias = self.attention_bias(T, mask=mask)
+        S = T if kv_cache is None else offset + T           # keys: cached ones + the new
+        bias = self.attention_bias(T, S, mask=mask)
         hidden, attentions = [x], []
-        for block in self.blocks:
+        for layer, block in enumerate(self.blocks):
             if return_attention:
-                x, weights = block(x, mask=bias, offset=offset, need_weights=True)
+                x, weights = block(x, mask=bias, offset=offset, need_weights=True,
+                                   cache=kv_cache, layer=layer)
                 attentions.append(weights)
             else:
-                x = block(x, mask=bias, offset=offset)
+                x = block(x, mask=bias, offset=offset, cache=kv_cache, layer=layer)
             hidden.append(x)
         logits = self.unembed(x)                            # [B, T, vocab_size]
         loss = None

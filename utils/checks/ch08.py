@@ -1,0 +1,216 @@
+"""Graders for chapter 08 (generation): `from utils.checks import ch08 as check`.
+
+Logits and probabilities are tensors [..., vocab]: one row per position or per sequence; every
+function works on the last dimension and must not change its input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from utils.checks.grading import Hint, compare_with_reference, expect_close, grader, seeded_cases
+from utils.generation import next_token_probs
+from utils.generation import top_k_filter as reference_top_k
+from utils.generation import top_p_filter as reference_top_p
+
+
+def _as_tensor(got, shape, what: str) -> torch.Tensor:
+    if not isinstance(got, torch.Tensor):
+        raise Hint(f"{what}: expected a torch tensor, got {type(got).__name__}")
+    if tuple(got.shape) != tuple(shape):
+        raise Hint(f"{what}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
+    return got.detach().float()
+
+
+def _logits_cases(make_extra, seed: int) -> list[tuple]:
+    """Random logits [B, V] or [V]: scaled like a real model's, sometimes rounded to force ties."""
+    def make(rng):
+        V = int(rng.integers(2, 80))
+        shape = (V,) if rng.random() < 0.3 else (int(rng.integers(1, 4)), V)
+        x = torch.from_numpy(rng.normal(0, float(rng.uniform(0.5, 6)), size=shape)).float()
+        if rng.random() < 0.4:
+            x = x.round()                                   # many equal logits
+        return (x, *make_extra(rng, V))
+    return seeded_cases(make, 30, seed=seed)
+
+
+# ---- exercise 1: top-k -----------------------------------------------------------------------
+
+
+def _compare_filtered(got, expected: torch.Tensor, what: str) -> None:
+    got = _as_tensor(got, expected.shape, what)
+    kept, should = torch.isfinite(got), torch.isfinite(expected)
+    if not torch.equal(kept, should):
+        raise Hint(f"{what}: kept {kept.sum(-1).tolist()} tokens, expected "
+                   f"{should.sum(-1).tolist()} (removed logits must be -inf)")
+    if not torch.equal(got[kept], expected[should]):
+        raise Hint(f"{what}: the logits you kept were changed; return them unchanged")
+
+
+def _diagnose_top_k(got, expected, logits, k) -> str | None:
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return None
+    got = got.detach().float()
+    if torch.allclose(got.sum(-1), torch.ones(()), atol=1e-4) and (got >= 0).all():
+        return "this looks like probabilities; return the filtered *logits* (softmax comes later)"
+    if ((got == 0) & ~torch.isfinite(expected)).any() and torch.isfinite(got).all():
+        return ("removed tokens got logit 0, which still has probability e^0 > 0 after the "
+                "softmax: set them to -inf")
+    if torch.equal(got.sort(-1, descending=True).values, got) and not torch.equal(got, expected):
+        return ("the logits come back sorted; put each kept logit back at its token's position "
+                "(index = token id)")
+    n_got = torch.isfinite(got).sum(-1)
+    n_want = torch.isfinite(expected).sum(-1)
+    k_eff = min(k, logits.size(-1))
+    if (n_got == k_eff).all() and (n_want > k_eff).any():
+        return ("exactly k tokens kept, but some tokens are tied with the k-th largest logit: "
+                "keep every token whose logit is >= the k-th largest value")
+    if (n_got == n_want - 1).any() or (n_got == n_want + 1).any():
+        return "one token too many or too few: off by one in k (the k-th largest is kept)"
+    return None
+
+
+@grader
+def top_k_filter(fn):
+    """Exercise 1: top_k_filter(logits, k) -> logits with all but the k largest set to -inf."""
+    cases = [
+        (torch.tensor([1.0, 3.0, 2.0, 0.0]), 2),
+        (torch.tensor([[0.5, -1.0, 4.0, 2.0, 2.0, 1.0]]), 1),
+        (torch.tensor([[0.5, -1.0, 4.0, 2.0, 2.0, 1.0]]), 2),           # tie at the boundary
+        (torch.tensor([[2.0, 2.0, 2.0], [1.0, 0.0, -1.0]]), 1),
+        (torch.tensor([[3.0, 1.0, 2.0], [-5.0, 7.0, 0.0]]), 3),         # k = vocab: keep all
+        (torch.tensor([0.1, 0.2, 0.3]), 10),                              # k > vocab
+        (torch.tensor([-3.0, -1.0, -2.0, -7.0]), 3),                     # all negative
+    ]
+    cases += _logits_cases(lambda rng, V: (int(rng.integers(1, V + 3)),), seed=8)
+    compare_with_reference(fn, reference_top_k, cases, _compare_filtered, "top_k_filter",
+                           diagnose=_diagnose_top_k)
+    return "Only the k most likely tokens (and their ties) can be sampled now."
+
+
+# ---- exercise 2: top-p -----------------------------------------------------------------------
+
+
+def reference_top_p_probs(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """The library's nucleus filter, applied to probabilities and renormalised."""
+    kept = torch.isfinite(reference_top_p(probs.log(), p))
+    out = probs * kept
+    return out / out.sum(-1, keepdim=True)
+
+
+def _compare_probs(got, expected: torch.Tensor, what: str) -> None:
+    got = _as_tensor(got, expected.shape, what)
+    if not torch.equal(got > 0, expected > 0):
+        raise Hint(f"{what}: kept {(got > 0).sum(-1).tolist()} tokens, expected "
+                   f"{(expected > 0).sum(-1).tolist()}")
+    expect_close(got, expected, what, atol=1e-5, rtol=1e-4)
+
+
+def _diagnose_top_p(got, expected, probs, p) -> str | None:
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return None
+    got = got.detach().float()
+    n_got, n_want = (got > 0).sum(-1), (expected > 0).sum(-1)
+    if (n_got == 0).any():
+        return ("a row lost every token; the most likely token must always be kept, even "
+                "when it alone is more than p")
+    if torch.equal(got.sort(-1, descending=True).values, got) and not torch.allclose(
+            got, expected, atol=1e-5):
+        return "the result is in sorted order; scatter it back to the tokens' own positions"
+    if torch.equal(got > 0, expected > 0) and not torch.allclose(
+            got.sum(-1), torch.ones(()), atol=1e-4):
+        return ("the right tokens are kept but the probabilities no longer sum to 1: "
+                "renormalise (divide by the kept total)")
+    if (n_got < n_want).any():
+        return ("one token too few: keep tokens until the running total *reaches* p — the "
+                "token that crosses p belongs to the nucleus")
+    if (n_got > n_want).any():
+        return ("one token too many: stop as soon as the running total reaches p (a token is "
+                "needed only while the total *before* it is still below p)")
+    return None
+
+
+@grader
+def top_p_filter(fn):
+    """Exercise 2: top_p_filter(probs, p) -> renormalised probabilities of the nucleus."""
+    cases = [
+        (torch.tensor([0.1, 0.5, 0.25, 0.15]), 0.6),
+        (torch.tensor([0.1, 0.5, 0.25, 0.15]), 0.5),       # 0.5 alone is exactly enough
+        (torch.tensor([0.1, 0.5, 0.25, 0.15]), 0.2),       # the top token alone exceeds p
+        (torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]]), 0.8),
+        (torch.tensor([[0.3, 0.3, 0.4]]), 1.0),             # p = 1: keep everything
+        (torch.tensor([0.04, 0.01, 0.6, 0.3, 0.05]), 0.92),
+    ]
+
+    def make(rng):
+        V = int(rng.integers(2, 80))
+        shape = (V,) if rng.random() < 0.3 else (int(rng.integers(1, 4)), V)
+        logits = torch.from_numpy(rng.normal(0, float(rng.uniform(0.5, 4)), size=shape))
+        return (torch.softmax(logits, -1).float(), float(rng.uniform(0.05, 0.99)))
+    cases += seeded_cases(make, 30, seed=9)
+    compare_with_reference(fn, reference_top_p_probs, cases, _compare_probs, "top_p_filter",
+                           diagnose=_diagnose_top_p)
+    return "The nucleus grows when the model is unsure and shrinks when it is confident."
+
+
+# ---- exercise 3: temperature -----------------------------------------------------------------
+
+
+def reference_temperature_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return next_token_probs(logits, temperature=temperature)
+
+
+def _diagnose_temperature(got, expected, logits, temperature) -> str | None:
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return None
+    if temperature == 0:
+        return ("temperature 0 means greedy decoding: probability 1 for the largest logit "
+                "and 0 for every other token (dividing by 0 gives inf and NaN)")
+    got = got.detach().float()
+    plain = torch.softmax(logits.float(), -1)
+    if torch.allclose(got, plain / temperature, atol=1e-5):
+        return ("temperature was applied after the softmax; divide the *logits* by the "
+                "temperature, then take the softmax")
+    if torch.allclose(got, torch.softmax(logits.float() * temperature, -1), atol=1e-5):
+        return "the logits were multiplied by the temperature; divide them by it"
+    if torch.allclose(got, plain ** (1 / temperature), atol=1e-5):
+        return "these do not sum to 1: normalise (a softmax does that for you)"
+    if logits.dim() == 2 and torch.allclose(
+            got, torch.softmax(logits.float() / temperature, 0), atol=1e-5):
+        return "the softmax runs over the wrong dimension; use the last one (dim=-1)"
+    if torch.allclose(got, plain, atol=1e-5):
+        return "the temperature was ignored"
+    return None
+
+
+@grader
+def temperature_probs(fn):
+    """Exercise 3: temperature_probs(logits, temperature) -> softmax(logits / T); T=0 greedy."""
+    cases = [
+        (torch.tensor([2.0, 1.0, 0.0]), 1.0),
+        (torch.tensor([2.0, 1.0, 0.0]), 0.5),
+        (torch.tensor([2.0, 1.0, 0.0]), 2.0),
+        (torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 4.0]]), 0.7),
+        (torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 4.0]]), 0.0),        # greedy
+        (torch.tensor([[50.0, 49.0, -10.0]]), 0.05),                      # must not overflow
+        (torch.tensor([0.3, -0.2, 0.1, 0.0]), 0.0),
+    ]
+
+    def make(rng):
+        V = int(rng.integers(2, 80))
+        shape = (V,) if rng.random() < 0.3 else (int(rng.integers(2, 4)), V)
+        logits = torch.from_numpy(rng.normal(0, float(rng.uniform(0.5, 6)), size=shape)).float()
+        return (logits, float(rng.choice([0.0, 0.1, 0.3, 0.8, 1.0, 1.5, 3.0])))
+    cases += seeded_cases(make, 30, seed=10)
+
+    def compare(got, expected, what):
+        got = _as_tensor(got, expected.shape, what)
+        if not torch.isfinite(got).all():
+            raise Hint(f"{what}: the result contains NaN or inf (temperature 0 means greedy; "
+                       "a tiny temperature must not overflow: the softmax subtracts the max)")
+        expect_close(got, expected, what, atol=1e-5, rtol=1e-4)
+
+    compare_with_reference(fn, reference_temperature_probs, cases, compare,
+                           "temperature_probs", diagnose=_diagnose_temperature)
+    return ("Low temperatures pile the probability on the favourite, high ones spread it out; "
+            "0 is the limit: greedy decoding.")
