@@ -112,6 +112,9 @@ class Lab:
 
     def _open_and_run(self, name: str, timeout_s: float):
         page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
+        # On 2 busy cores (the other test worker training a model) a widget can take well
+        # over Playwright's default 30 s to render after its cell ran: allow 2 minutes.
+        page.set_default_timeout(120_000)
         page.goto(f"{self.server.url}/lab/tree/{name}?reset")  # ?reset: a clean workspace
         # Wait for the kernel to start: the toolbar's (visually hidden) status label reads
         # "Kernel status: Idle" once the kernel is ready.

@@ -373,12 +373,14 @@ class GPT(nn.Module):
         bias = self.attention_bias(T, S, mask=mask)
         hidden, attentions = [x], []
         for layer, block in enumerate(self.blocks):
+            # The cache arguments are passed only when there is a cache, so a Block written
+            # before chapter 08 (such as chapter 05's post-norm variant) still plugs in.
+            cached = {} if kv_cache is None else {"cache": kv_cache, "layer": layer}
             if return_attention:
-                x, weights = block(x, mask=bias, offset=offset, need_weights=True,
-                                   cache=kv_cache, layer=layer)
+                x, weights = block(x, mask=bias, offset=offset, need_weights=True, **cached)
                 attentions.append(weights)
             else:
-                x = block(x, mask=bias, offset=offset, cache=kv_cache, layer=layer)
+                x = block(x, mask=bias, offset=offset, **cached)
             hidden.append(x)
         logits = self.unembed(x)                            # [B, T, vocab_size]
         loss = None
