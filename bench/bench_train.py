@@ -4,14 +4,17 @@
     python bench/bench_train.py --device cuda       # GPU: the cuda preset for a fixed step count
 
 CPU: first the baby run (4 layers, 4 heads, width 128, block 64, batch 12, 2000 iterations,
-lr 1e-3 with warm-up and cosine to 1e-4, no dropout) on data/shakespeare.txt, timed; then the
-course's CPU default (`--ours`, a preset of utils.train) for the SAME wall time: a short probe
-measures its seconds per step, and the step budget is set to fill the baby run's time (the
-schedule is fitted to that budget). Both report the validation loss over the whole held-out
-split (`utils.train.split_loss`) and the wall time. Prints a markdown table.
+lr 1e-3 with warm-up and cosine to 1e-4, no dropout) on data/shakespeare.txt, timed; then a
+course preset (`--ours`, default `shakespeare-char-fast`, the recipe for a few CPU minutes) for
+the SAME wall time: short probes of both recipes, back to back, give the ratio of their seconds
+per step, and ours gets the baby run's step count times that ratio (so a change in the machine's
+load between the two runs does not shift the budget; the schedule is fitted to it). Both report
+the validation loss over the whole held-out split (`utils.train.split_loss`) and the wall time.
+Prints a markdown table. `--ours shakespeare-char` races the hour-long recipe of the shipped
+checkpoint instead.
 
-GPU: trains the `--ours` preset's CUDA settings for `--gpu-steps` steps and reports time,
-tokens per second and validation loss.
+GPU: trains the `--ours` preset's CUDA settings (default `shakespeare-char`) for `--gpu-steps`
+steps and reports time, tokens per second and validation loss.
 """
 
 from __future__ import annotations
@@ -57,7 +60,10 @@ def preset_like(config, **changes):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--ours", default="shakespeare-char", help="the course preset to compare")
+    parser.add_argument("--ours", default=None,
+                        help="the course preset to compare (default: shakespeare-char-fast on a "
+                             "CPU, shakespeare-char on a GPU; shakespeare-char is the hour-long "
+                             "recipe of the shipped checkpoint)")
     parser.add_argument("--baby-steps", type=int, default=2000,
                         help="iterations of the baby run (nanoGPT's: 2000)")
     parser.add_argument("--gpu-steps", type=int, default=2000)
@@ -67,6 +73,8 @@ def main() -> None:
     tokenizer = CharTokenizer(text)
     train_ids, val_ids = train_val_split(torch.tensor(tokenizer.encode(text)))
     print(f"machine: {machine_description()}, torch {torch.__version__}, device {device}")
+    if args.ours is None:    # the fast preset has no GPU settings; a GPU runs the full recipe
+        args.ours = "shakespeare-char" if device.type == "cuda" else "shakespeare-char-fast"
 
     if device.type == "cuda":
         config = preset(args.ours, device, max_steps=args.gpu_steps)
@@ -81,13 +89,20 @@ def main() -> None:
     rows = [run("nanoGPT baby", baby, train_ids, val_ids, tokenizer.vocab_size, device)]
     print(f"baby: {rows[0]['seconds']:.0f} s, val {rows[0]['val']:.4f}", flush=True)
 
+    # The same wall time as the baby run, measured so that other jobs on the machine cancel
+    # out: both recipes are probed back to back (twice, interleaved), and ours gets the baby
+    # run's steps times the ratio of their seconds per step.
     ours = preset(args.ours, device)
-    per_step = seconds_per_step(ours, train_ids, tokenizer.vocab_size)
-    steps = max(20, int(rows[0]["seconds"] / per_step))
+    baby_probe, ours_probe = 0.0, 0.0
+    for _ in range(2):
+        baby_probe += seconds_per_step(baby, train_ids, tokenizer.vocab_size)
+        ours_probe += seconds_per_step(ours, train_ids, tokenizer.vocab_size)
+    steps = max(20, int(baby.max_steps * baby_probe / ours_probe))
     ours = preset_like(ours, max_steps=steps, warmup_steps=min(ours.warmup_steps, steps // 10),
                        eval_interval=steps, decay_steps=0)
-    print(f"ours: {per_step:.3f} s/step measured -> {steps} steps", flush=True)
-    rows.append(run(f"course default ({args.ours})", ours, train_ids, val_ids,
+    print(f"ours: {ours_probe / baby_probe:.2f}x the baby run's seconds per step "
+          f"-> {steps} steps", flush=True)
+    rows.append(run(f"course preset {args.ours}", ours, train_ids, val_ids,
                     tokenizer.vocab_size, device))
 
     print("\n| run | params | steps | tokens seen | wall s | val loss (whole split) |")

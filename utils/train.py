@@ -132,6 +132,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                      batch_size=64, max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
                      eval_interval=250, eval_batches=50),
     },
+    # A few minutes on a CPU (bench/bench_train.py races it against the baby settings below).
+    # On so small a budget a shallower model that sees more text wins: 2 blocks cost about
+    # half of 4 per token, batches of 16 x 128 tokens, and a big step (lr 8e-3, short warm-up,
+    # cosine to lr/10 at the budget); block 128 gives the longer context of the preset above.
+    "shakespeare-char-fast": {
+        "cpu": dict(n_layer=2, n_head=4, n_embd=128, block_size=128, dropout=0.0, bias=False,
+                    batch_size=16, max_steps=1500, lr=8e-3, min_lr=8e-4, warmup_steps=50,
+                    eval_interval=500, eval_batches=20),
+    },
     # nanoGPT's "baby" CPU settings, for bench/bench_train.py's comparison.
     "baby": {
         "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
