@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
                   "--disable-quic", "--disable-dev-shm-usage"]
@@ -121,13 +123,37 @@ class Lab:
         page.locator(".jp-Notebook").first.wait_for(timeout=90_000)
         page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
         for _ in range(3):  # on a loaded machine the first click can land before the menu is live
-            page.locator(".jp-Notebook").first.click()
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            self._answer_dialogs(page)
+            try:
+                page.locator(".jp-Notebook").first.click(timeout=30_000)
+                page.get_by_role("menuitem", name="Run", exact=True).click(timeout=30_000)
+                page.get_by_role("menuitem", name="Run All Cells", exact=True).click(timeout=30_000)
+            except PlaywrightTimeout:  # a dialog opened between the check and the click
+                continue
             if self._started(page, within_s=30):
                 break
         self._wait_for_all_cells(page, timeout_s)
         return page
+
+    @staticmethod
+    def _answer_dialogs(page) -> None:
+        """Accept any modal dialog JupyterLab put up while starting (on a loaded machine it can
+        ask which kernel to use, or report a slow kernel start); it would block every click.
+
+        Its text is printed, so a dialog that hides a real failure shows in the test's output;
+        such a failure still fails the test later, when the cells do not run.
+        """
+        dialogs = page.locator("dialog.jp-Dialog")
+        for _ in range(3):
+            if not dialogs.count():
+                return
+            print("JupyterLab dialog answered:", dialogs.first.inner_text().replace("\n", " | "))
+            accept = dialogs.first.locator(".jp-Dialog-button.jp-mod-accept")
+            if accept.count():
+                accept.first.click()
+            else:
+                page.keyboard.press("Escape")
+            time.sleep(1)
 
     @staticmethod
     def _started(page, within_s: float) -> bool:
