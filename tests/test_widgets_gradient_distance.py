@@ -71,3 +71,11 @@ def test_a_failing_computation_is_a_message_not_a_traceback(monkeypatch):
     monkeypatch.undo()
     w.controls["seq_len"].value = 50  # and the widget still works afterwards
     assert "At position" in w.readout.value
+
+
+def test_recall_plot_labels_each_distance_once():
+    from utils.widgets.gradient_distance import plot_recall_accuracy
+    ax = plot_recall_accuracy([2, 10, 40], {"rnn": [1.0, 0.2, 0.1], "attention": [1.0, 1.0, 1.0]})
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "10", "40"]
+    assert not ax.xaxis.get_minorticklabels()
+    assert [line.get_label() for line in ax.get_lines()][:2] == ["RNN", "attention"]

@@ -156,3 +156,77 @@ def time_sequential_vs_parallel(seq_lens: list[int], d: int = 64, batch: int = 1
             "attention_ms": 1000 * _median_seconds(lambda: attention(x), repeats, device),  # noqa: B023
         })
     return rows
+
+
+# --- Experiment 3: does the whisper matter? Recall the first token after `distance` steps. ---
+
+def make_recall_batch(batch: int, distance: int, n_symbols: int = 8,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences that ask "what was the first token?" after `distance` steps.
+
+    Each row is [s, noise_1, ..., noise_{distance-1}, ?]: the symbol s to remember (ids 0 ..
+    n_symbols-1), distance-1 distractors drawn from a separate set of ids (n_symbols ..
+    2·n_symbols-1, so nothing later can be mistaken for s), and a query id 2·n_symbols at
+    position `distance`. The target is s. Guessing gives 1 / n_symbols.
+
+    >>> x, y = make_recall_batch(2, distance=4, generator=torch.Generator().manual_seed(0))
+    >>> x.shape, y.shape, bool((x[:, 0] == y).all()), x[0, -1].item()
+    (torch.Size([2, 5]), torch.Size([2]), True, 16)
+    """
+    if distance < 1:
+        raise ValueError(f"distance must be at least 1, got {distance}")
+    first = torch.randint(0, n_symbols, (batch,), generator=generator)
+    noise = torch.randint(n_symbols, 2 * n_symbols, (batch, distance - 1), generator=generator)
+    query = torch.full((batch, 1), 2 * n_symbols)
+    return torch.cat([first[:, None], noise, query], dim=1), first
+
+
+class RecallModel(nn.Module):
+    """Embedding -> TinyRNN or TinyAttention -> a linear read-out at the last position.
+
+    Both cores have the same width and nearly the same number of parameters; the only
+    difference is how position `distance` can reach position 0: through `distance` RNN steps,
+    or directly, through one attention weight. (TinyAttention has no positional information;
+    it does not need any here, because the symbol to recall is the only token of its kind.)
+    """
+
+    def __init__(self, kind: str, n_symbols: int = 8, d: int = 32):
+        super().__init__()
+        if kind not in ("rnn", "attention"):
+            raise ValueError(f"kind must be 'rnn' or 'attention', got {kind!r}")
+        self.embed = nn.Embedding(2 * n_symbols + 1, d)
+        self.core = TinyRNN(d, d) if kind == "rnn" else TinyAttention(d, d)
+        self.readout = nn.Linear(d, n_symbols)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> logits [B, n_symbols] for the symbol asked for at the last position."""
+        return self.readout(self.core(self.embed(ids))[:, -1])
+
+
+def train_recall(kind: str, distance: int, steps: int = 200, batch: int = 64, n_symbols: int = 8,
+                 d: int = 32, lr: float = 1e-2, seed: int = 0) -> float:
+    """Train a RecallModel for a fixed number of steps; return its accuracy on 1,000 new rows.
+
+    Both models get the same data, steps, optimiser (Adam) and learning rate.
+    """
+    torch.manual_seed(seed)
+    data = torch.Generator().manual_seed(seed)
+    model = RecallModel(kind, n_symbols, d)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        x, y = make_recall_batch(batch, distance, n_symbols, data)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, y = make_recall_batch(1000, distance, n_symbols, torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        return (model(x).argmax(dim=-1) == y).float().mean().item()
+
+
+def recall_by_distance(distances: list[int], steps: int = 200, seed: int = 0,
+                       **kwargs) -> dict[str, list[float]]:
+    """Accuracy of each model trained separately at each distance: {"rnn": [...], "attention": [...]}."""
+    return {kind: [train_recall(kind, distance, steps=steps, seed=seed, **kwargs)
+                   for distance in distances]
+            for kind in ("rnn", "attention")}

@@ -106,3 +106,23 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
     # `message` is the same HTML as `readout`: every widget of the course has a `.message`
     return widget_box([*controls.values(), readout, image], controls, image=image,
                       readout=readout, message=readout)
+
+
+def plot_recall_accuracy(distances: list[int], accuracy: dict[str, list[float]], n_symbols: int = 8,
+                         ax=None):
+    """Accuracy of recalling the first token against its distance, one line per model."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.6))
+    for name, colour in (("rnn", "tab:red"), ("attention", "tab:blue")):
+        ax.plot(distances, accuracy[name], "o-", color=colour,
+                label="RNN" if name == "rnn" else "attention")
+    ax.axhline(1 / n_symbols, color="grey", linestyle=":", label=f"guessing (1/{n_symbols})")
+    ax.set_xscale("log")
+    ax.minorticks_off()                       # only the distances we trained at are labelled
+    ax.set_xticks(distances, [str(d) for d in distances])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("distance from the first token to the question")
+    ax.set_ylabel("accuracy on 1,000 new sequences")
+    ax.set_title("Recall the first token, after training")
+    ax.legend(loc="center left")
+    return ax
