@@ -255,3 +255,164 @@ def test_hand_encoding_rejects_wrong_types():
 def test_hand_encoding_hint_does_not_give_the_answer_away():
     hint = assert_rejects(check.hand_encoding, [256, 101, 257, 114, 260])  # 'e e' before 'r e'
     assert "257, 258, 101" not in hint and "earliest" in hint
+
+
+# ---- exercise 5: encode one chunk ---------------------------------------------------------
+
+from itertools import pairwise as _pairwise  # noqa: E402
+
+from utils.tokenizers import merge as _lib_merge  # noqa: E402
+
+
+def encode_chunk(ids, merges):
+    ids = list(ids)
+    while len(ids) >= 2:
+        pair = min(_pairwise(ids), key=lambda p: merges.get(p, float("inf")))
+        if pair not in merges:
+            return ids
+        ids = _lib_merge(ids, pair, merges[pair])
+    return ids
+
+
+def encode_in_learned_order(ids, merges):
+    for pair, new_id in merges.items():           # dicts keep insertion order: learned order
+        ids = _lib_merge(ids, pair, new_id)
+    return list(ids)
+
+
+def test_encode_chunk_accepts_both_correct_methods_and_stub_not_attempted():
+    assert_accepts(check.encode_chunk, encode_chunk)
+    assert_accepts(check.encode_chunk, encode_in_learned_order)
+    assert_not_attempted(check.encode_chunk, stub)
+
+
+def test_encode_chunk_rejects_leftmost_first():
+    def leftmost(ids, merges):
+        ids = list(ids)
+        while True:
+            found = [p for p in _pairwise(ids) if p in merges]
+            if not found:
+                return ids
+            ids = _lib_merge(ids, found[0], merges[found[0]])
+    assert "leftmost" in assert_rejects(check.encode_chunk, leftmost)
+
+
+def test_encode_chunk_rejects_one_pass_over_bytes_only():
+    def bytes_only(ids, merges):
+        for pair, new_id in merges.items():
+            if pair[0] < 256 and pair[1] < 256:
+                ids = _lib_merge(ids, pair, new_id)
+        return list(ids)
+    assert "merged again" in assert_rejects(check.encode_chunk, bytes_only)
+
+
+def test_encode_chunk_rejects_newest_first_and_most_frequent_first():
+    def newest_first(ids, merges):
+        for pair in reversed(list(merges)):
+            ids = _lib_merge(ids, pair, merges[pair])
+        return list(ids)
+    assert "newest first" in assert_rejects(check.encode_chunk, newest_first)
+
+    def most_frequent(ids, merges):
+        from utils.tokenizers import get_pair_counts
+        ids = list(ids)
+        while True:
+            counts = {p: c for p, c in get_pair_counts(ids).items() if p in merges}
+            if not counts:
+                return ids
+            pair = max(counts, key=counts.get)
+            ids = _lib_merge(ids, pair, merges[pair])
+    assert "most frequent" in assert_rejects(check.encode_chunk, most_frequent)
+
+
+def test_encode_chunk_rejects_single_merge_and_unchanged_and_mutation():
+    def one_merge(ids, merges):           # stops after the first merge it finds
+        ids = list(ids)
+        if len(ids) >= 2:
+            pair = min(_pairwise(ids), key=lambda p: merges.get(p, float("inf")))
+            if pair in merges:
+                ids = _lib_merge(ids, pair, merges[pair])
+        return ids
+    assert_rejects(check.encode_chunk, one_merge)
+    assert "unchanged" in assert_rejects(check.encode_chunk, lambda ids, merges: list(ids))
+
+    def in_place(ids, merges):            # right answer, but empties the caller's list
+        out = encode_chunk(ids, merges)
+        ids.clear()
+        return out
+    assert_rejects(check.encode_chunk, in_place)
+
+
+# ---- exercise 6: the training loop --------------------------------------------------------
+
+
+def train_bpe(text, n_merges):
+    from utils.tokenizers import get_pair_counts, split_chunks
+    chunks = [list(c.encode("utf-8")) for c in split_chunks(text)]
+    merges = {}
+    for i in range(n_merges):
+        counts = {}
+        for chunk in chunks:
+            get_pair_counts(chunk, counts)
+        if not counts:
+            break
+        pair = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+        merges[pair] = 256 + i
+        chunks = [_lib_merge(chunk, pair, 256 + i) for chunk in chunks]
+    return merges
+
+
+def _train_with(*, split=True, tie=True, first_id=256, recount=True, stop=True):
+    from collections import Counter
+
+    from utils.tokenizers import split_chunks
+
+    def train(text, n_merges):
+        pieces = split_chunks(text) if split else [text]
+        chunks = [list(c.encode("utf-8")) for c in pieces]
+        merges = {}
+        fixed = Counter(p for c in chunks for p in zip(c, c[1:], strict=False))
+        for i in range(n_merges):
+            counts = Counter(p for c in chunks for p in zip(c, c[1:], strict=False)) if recount else fixed
+            counts = +counts
+            if not counts:
+                if stop:
+                    break
+                continue
+            pair = max(counts, key=lambda p: (counts[p], -p[0], -p[1])) if tie else \
+                max(counts, key=counts.get)
+            if pair in merges:
+                break
+            merges[pair] = first_id + i
+            chunks = [_lib_merge(c, pair, first_id + i) for c in chunks]
+        return merges
+    return train
+
+
+def test_train_bpe_accepts_solution_library_and_stub_not_attempted():
+    from utils.tokenizers import train_bpe_naive
+    assert_accepts(check.train_bpe, train_bpe)
+    assert_accepts(check.train_bpe, train_bpe_naive)
+    assert_accepts(check.train_bpe, _train_with())
+    assert_not_attempted(check.train_bpe, stub)
+
+
+def test_train_bpe_rejects_counting_across_chunks():
+    assert "split_chunks" in assert_rejects(check.train_bpe, _train_with(split=False))
+
+
+def test_train_bpe_rejects_first_seen_tie_breaking():
+    assert "smallest pair" in assert_rejects(check.train_bpe, _train_with(tie=False))
+
+
+def test_train_bpe_rejects_ids_from_255_or_0():
+    assert "256" in assert_rejects(check.train_bpe, _train_with(first_id=255))
+    assert "256" in assert_rejects(check.train_bpe, _train_with(first_id=0))
+
+
+def test_train_bpe_rejects_counting_only_once():
+    assert_rejects(check.train_bpe, _train_with(recount=False))
+
+
+def test_train_bpe_rejects_a_list_of_pairs():
+    assert "dict" in assert_rejects(check.train_bpe, lambda text, n: list(train_bpe(text, n)))

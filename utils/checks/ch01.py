@@ -294,3 +294,181 @@ def hand_encoding(answer):
                    "they are not what BPE gives: in each chunk, apply the merge learned "
                    "earliest (lowest new id) among those that apply, then look again")
     return "That is exactly what BPETokenizer.encode does, merge by merge."
+
+
+# ---- exercise 5: encode a chunk; exercise 6: the training loop ----------------------------
+
+def _corpus_merges(n_merges: int) -> dict[tuple[int, int], int]:
+    """Merges learned by the library on the start of the corpus: real pairs, ids >= 256,
+    later merges built from earlier ones."""
+    from utils.data import load_corpus
+    from utils.tokenizers import train_bpe_naive
+
+    return train_bpe_naive(load_corpus()[:20_000], n_merges)
+
+
+def _encode_chunk_reference(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int]:
+    ids = list(ids)
+    while len(ids) >= 2:
+        pair = min(pairwise(ids), key=lambda p: merges.get(p, float("inf")))
+        if pair not in merges:
+            break
+        ids = _merge(ids, pair, merges[pair])
+    return ids
+
+
+def _encode_variants(ids, merges) -> dict[str, list[int]]:
+    """What classic mistakes produce, so a hint can name the one made."""
+    leftmost = list(ids)
+    while True:
+        pairs = [p for p in pairwise(leftmost) if p in merges]
+        if not pairs:
+            break
+        leftmost = _merge(leftmost, pairs[0], merges[pairs[0]])
+    one_pass = list(ids)
+    for pair in merges:                            # each merge once, but only on the bytes
+        if all(i < 256 for i in pair):
+            one_pass = _merge(one_pass, pair, merges[pair])
+    newest_first = list(ids)
+    for pair in reversed(list(merges)):
+        newest_first = _merge(newest_first, pair, merges[pair])
+    counts_first = list(ids)
+    while True:
+        counts = _pair_counts(counts_first)
+        known = {p: c for p, c in counts.items() if p in merges}
+        if not known:
+            break
+        pair = max(known, key=known.get)
+        counts_first = _merge(counts_first, pair, merges[pair])
+    return {
+        "you merged the leftmost pair first; apply the merge learned earliest (the lowest new "
+        "id) among the pairs present, wherever it is": leftmost,
+        "the merges were applied newest first; the earliest-learned merge (lowest new id) "
+        "must come first": newest_first,
+        "you picked the most frequent pair of the chunk; encoding follows the order in which "
+        "merges were learned, not counts in the text being encoded": counts_first,
+        "merged pairs can be merged again: a later merge may combine ids >= 256 made by earlier "
+        "ones, so keep going until no pair of the list has a merge": one_pass,
+    }
+
+
+def _encode_mistake(got, expected, ids, merges) -> str | None:
+    if not isinstance(got, list | tuple):
+        return None
+    got = list(got)
+    # On a given chunk two mistakes can give the same ids: name every one that fits.
+    fits = [mistake for mistake, wrong in _encode_variants(ids, merges).items()
+            if wrong != expected and got == wrong]
+    if fits:
+        return "; or ".join(fits)
+    if got == list(ids) and expected != list(ids):
+        return "no merge was applied: the ids came back unchanged"
+    return None
+
+
+def _compare_ids(got, expected, what: str) -> None:
+    if not isinstance(got, list | tuple):
+        raise Hint(f"{what}: return a list of ids, got {type(got).__name__}")
+    expect_equal([int(i) for i in got], expected, what)
+
+
+@grader
+def encode_chunk(fn):
+    """Exercise 5: apply learned merges to one chunk, earliest-learned first."""
+    merges = _corpus_merges(60)
+    from utils.data import load_corpus
+
+    text = load_corpus()
+    chunks = split_chunks(text[500_000:503_000]) + split_chunks("Café, naïve 🙂 thee!")
+    candidates = [list(c.encode("utf-8")) for c in chunks]
+    long_chunks = sorted(candidates, key=len, reverse=True)[:8]
+    # The longest real chunks come first: there the classic mistakes give different answers,
+    # so the hint can name the one made; short and empty chunks follow.
+    cases = [(ids, merges) for ids in long_chunks]
+    cases += [([], merges), ([116], merges), (list(b" the"), merges), (list(b"theethee"), merges)]
+    cases += [(ids, merges) for ids in candidates[::37][:25]]
+    compare_with_reference(fn, _encode_chunk_reference, cases, _compare_ids,
+                           name="encode_chunk", diagnose=_encode_mistake)
+    return "Earliest-learned merge first, until none applies: BPETokenizer's encoding."
+
+
+def _train_reference(text: str, n_merges: int) -> dict[tuple[int, int], int]:
+    from utils.tokenizers import train_bpe_naive
+
+    return train_bpe_naive(text, n_merges)
+
+
+def _compare_merges(got, expected, what: str) -> None:
+    if not isinstance(got, dict):
+        raise Hint(f"{what}: return a dict {{pair: new_id}} in the order learned, got "
+                   f"{type(got).__name__}")
+    got_items = [(tuple(int(x) for x in pair), int(i)) for pair, i in got.items()]
+    expected_items = list(expected.items())
+    if len(got_items) != len(expected_items):
+        raise Hint(f"{what}: expected {len(expected_items)} merges, got {len(got_items)} (stop "
+                   "early only when no chunk has a pair left)")
+    for n, (g, e) in enumerate(zip(got_items, expected_items, strict=True)):
+        if g != e:
+            raise Hint(f"{what}: merge number {n} should be {e[0]} -> {e[1]}, got "
+                       f"{g[0]} -> {g[1]}")
+
+
+def _train_mistake(got, expected, text, n_merges) -> str | None:
+    if not isinstance(got, dict) or not got or not expected:
+        return None
+    ids = list(got.values())
+    if ids[0] != 256:
+        return f"new ids start at 256 (the first id after the 256 bytes), yours start at {ids[0]}"
+    whole = [list(text.encode("utf-8"))]
+    merges_whole: dict = {}
+    for i in range(n_merges):
+        counts: dict = {}
+        for chunk in whole:
+            _pair_counts(chunk, counts)
+        if not counts:
+            break
+        pair = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+        merges_whole[pair] = 256 + i
+        whole = [_merge(c, pair, 256 + i) for c in whole]
+    if merges_whole != expected and list(got.items()) == list(merges_whole.items()):
+        return ("pairs were counted across chunk boundaries: pre-split the text with "
+                "tokenizers.split_chunks and count pairs inside each chunk only")
+    # Replay the right training up to the first merge that differs: was it a tie?
+    got_items, expected_items = list(got.items()), list(expected.items())
+    n = next((i for i, (g, e) in enumerate(zip(got_items, expected_items, strict=False))
+              if g[0] != e[0]), None)
+    if n is None:
+        return None
+    chunks = [list(c.encode("utf-8")) for c in split_chunks(text)]
+    for pair, new_id in expected_items[:n]:
+        chunks = [_merge(c, pair, new_id) for c in chunks]
+    counts: dict = {}
+    for chunk in chunks:
+        _pair_counts(chunk, counts)
+    top = max(counts.values())
+    tied = sorted(p for p, c in counts.items() if c == top)
+    if len(tied) > 1 and got_items[n][0] in tied:
+        return (f"at merge number {n}, {len(tied)} pairs tie for most frequent; the rule is "
+                f"that the smallest pair wins (here {tied[0]}): use max with the key "
+                "(count, -first, -second)")
+    return None
+
+
+@grader
+def train_bpe(fn):
+    """Exercise 6: the naive training loop, merge by merge."""
+    from utils.data import load_corpus
+
+    text = load_corpus()
+    cases = [
+        ("aaab aab", 2),                         # a run, then a tie
+        ("abab cdcd", 3),                        # ties everywhere: the smallest pair wins
+        ("to be or not to be", 40),              # asks for more merges than there are pairs
+        ("", 3),
+        ("Café, naïve thee", 6),                 # multi-byte characters
+        (text[:3_000], 30),                      # real text: ids >= 256 merged again
+        (text[700_000:702_000], 25),
+    ]
+    compare_with_reference(fn, _train_reference, cases, _compare_merges, name="train_bpe",
+                           diagnose=_train_mistake)
+    return "The same merges, in the same order, as tokenizers.train_bpe_naive."
