@@ -36,3 +36,40 @@ def test_softmax_scaling_slider_moves_in_browser(lab):
                            arg=message.element_handle(), timeout=30_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), scaled_src], timeout=30_000)
+
+
+CELLS_TRAINED = [
+    "from utils.widgets.display import show\n"
+    "from utils.widgets.attention_explorer import attention_explorer\n"
+    "from utils.widgets.rate_temperature import rate_temperature\n"
+    "show(attention_explorer())",
+    "show(rate_temperature())",
+]
+
+
+@pytest.mark.browser
+def test_trained_explorer_and_rate_slider_respond_in_browser(lab):
+    page = lab.run_cells(CELLS_TRAINED)
+    explorer = page.locator(".jupyter-widgets.widget-vbox").filter(has_text="layer").first
+    explorer.scroll_into_view_if_needed()
+    message = explorer.locator(".widget-html-content").last
+    image = explorer.locator("img").first
+    page.wait_for_function("el => el.innerText.includes('Layer 0, head 0')",
+                           arg=message.element_handle(), timeout=60_000)
+    before = image.get_attribute("src")
+    # pick head 2 in the dropdown: the message names it and the picture changes
+    explorer.locator("select").nth(2).select_option("2")
+    page.wait_for_function("el => el.innerText.includes('Layer 0, head 2')",
+                           arg=message.element_handle(), timeout=60_000)
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[image.element_handle(), before], timeout=30_000)
+
+    slider = page.locator(".jupyter-widgets.widget-vbox").filter(has_text="c").last
+    slider.scroll_into_view_if_needed()
+    rate_message = slider.locator(".widget-html-content").last
+    page.wait_for_function("el => el.innerText.includes('increase c')",
+                           arg=rate_message.element_handle(), timeout=30_000)
+    slider.locator(".noUi-handle").first.focus()
+    page.keyboard.press("End")                      # c = 6: far too sharp
+    page.wait_for_function("el => el.innerText.includes('too sharp')",
+                           arg=rate_message.element_handle(), timeout=30_000)

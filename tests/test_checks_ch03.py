@@ -215,3 +215,82 @@ def test_page_scale_single_pair_estimate_is_pointed_to_all_tokens():
     c = math.log(0.35 / 0.03) / (0.9 - 0.1)
     assert "all six" in assert_rejects(check.page_scale, c)
     assert "all six" in assert_rejects(check.page_scale, math.log(0.35 / 0.28) / (0.9 - 0.8))
+
+
+# ---- exercise 5: causal attention --------------------------------------------------------
+
+
+def causal_attend(q, k, v):
+    T = q.size(-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return weights @ v, weights
+
+
+def _with_weights(make_weights):
+    def attend(q, k, v):
+        w = make_weights(q, k)
+        return w @ v, w
+    return attend
+
+
+def _scores(q, k):
+    return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+
+
+def _future(q):
+    T = q.size(-2)
+    return torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+
+
+def test_causal_accepts_solution_library_and_stub_not_attempted():
+    assert_accepts(check.causal_attention, causal_attend)
+    assert_accepts(check.causal_attention,
+                   lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert_not_attempted(check.causal_attention, stub)
+
+
+def test_causal_rejects_flipped_mask():
+    past = _with_weights(lambda q, k: torch.softmax(_scores(q, k).masked_fill(
+        _future(q).T, float("-inf")), -1))
+    assert "flipped" in assert_rejects(check.causal_attention, past)
+
+
+def test_causal_rejects_masking_the_diagonal():
+    def no_self(q, k):
+        T = q.size(-2)
+        hide = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=0)
+        return torch.softmax(_scores(q, k).masked_fill(hide, -1e9), -1)
+    assert "diagonal" in assert_rejects(check.causal_attention, _with_weights(no_self))
+
+
+def test_causal_rejects_zeroing_after_softmax():
+    after = _with_weights(lambda q, k: torch.softmax(_scores(q, k), -1).masked_fill(_future(q), 0))
+    assert "AFTER the softmax" in assert_rejects(check.causal_attention, after)
+
+
+def test_causal_rejects_filling_with_zero():
+    zero_fill = _with_weights(lambda q, k: torch.softmax(_scores(q, k).masked_fill(_future(q), 0.0), -1))
+    assert "-inf" in assert_rejects(check.causal_attention, zero_fill)
+
+
+def test_causal_rejects_no_mask_missing_scale_and_a_fixed_size_mask():
+    assert "no mask" in assert_rejects(check.causal_attention,
+                                       _with_weights(lambda q, k: torch.softmax(_scores(q, k), -1)))
+    unscaled = _with_weights(lambda q, k: torch.softmax(
+        (q @ k.transpose(-2, -1)).masked_fill(_future(q), float("-inf")), -1))
+    assert "√d_k" in assert_rejects(check.causal_attention, unscaled)
+
+    def fixed_six(q, k):   # written for the six-token example only
+        mask = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
+        return torch.softmax(_scores(q, k).masked_fill(mask, float("-inf")), -1)
+    assert_rejects(check.causal_attention, _with_weights(fixed_six))
+
+
+def test_causal_rejects_a_mask_built_from_the_key_width():
+    def by_width(q, k):    # uses d instead of T for the mask size: works only when d == T
+        d = q.size(-1)
+        mask = torch.triu(torch.ones(d, d, dtype=torch.bool), diagonal=1)
+        return torch.softmax(_scores(q, k).masked_fill(mask, float("-inf")), -1)
+    assert_rejects(check.causal_attention, _with_weights(by_width))

@@ -12,7 +12,9 @@ from utils.widgets.attention_explorer import (
     EXAMPLES,
     MAX_CHARS,
     MAX_LABEL,
+    MAX_CHARACTERS,
     MAX_TOKENS,
+    TrainedModel,
     attention_explorer,
 )
 from utils.widgets.softmax_scaling import D_KS, softmax_gradient_norm, softmax_scaling
@@ -71,7 +73,7 @@ def test_softmax_scaling_failure_is_a_message(monkeypatch):
 
 
 def test_explorer_query_buttons_change_picture():
-    w = attention_explorer(EXAMPLES[1])
+    w = attention_explorer(EXAMPLES[1], model="toy")
     buttons = w.controls["query"]
     assert [label for label, _ in buttons.options][buttons.value] == "it"
     first = w.image.value
@@ -80,7 +82,7 @@ def test_explorer_query_buttons_change_picture():
 
 
 def test_explorer_example_and_typed_sentence():
-    w = attention_explorer()
+    w = attention_explorer(model="toy")
     w.controls["example"].value = EXAMPLES[0]
     assert w.controls["text"].value == EXAMPLES[0]
     assert len(w.controls["query"].options) == 6
@@ -90,7 +92,7 @@ def test_explorer_example_and_typed_sentence():
 
 
 def test_explorer_bad_input_is_a_message():
-    w = attention_explorer()
+    w = attention_explorer(model="toy")
     w.controls["text"].value = "   "
     assert "Type a sentence" in w.message.value
     w.controls["text"].value = " ".join(["word"] * (MAX_TOKENS + 5))
@@ -98,7 +100,7 @@ def test_explorer_bad_input_is_a_message():
 
 
 def test_explorer_one_huge_token_is_cut_and_quick():
-    w = attention_explorer()
+    w = attention_explorer(model="toy")
     w.controls["text"].value = "a" * 10_000  # one token: used to hang for minutes
     assert f"only the first {MAX_CHARS}" in w.message.value
     assert is_png(w.image.value)
@@ -107,7 +109,7 @@ def test_explorer_one_huge_token_is_cut_and_quick():
 
 
 def test_explorer_long_tokens_are_shortened_in_labels():
-    w = attention_explorer()
+    w = attention_explorer(model="toy")
     w.controls["text"].value = "x" * 150 + " is long"  # used to garble the figure
     labels = [label for label, _ in w.controls["query"].options]
     assert len(labels) == 3 and max(len(label) for label in labels) <= MAX_LABEL
@@ -116,12 +118,71 @@ def test_explorer_long_tokens_are_shortened_in_labels():
 
 
 def test_explorer_lone_surrogate_and_failures_are_messages(monkeypatch):
-    w = attention_explorer()
+    w = attention_explorer(model="toy")
     w.controls["text"].value = "it was " + chr(0xDC00)
     assert "attends" in w.message.value and is_png(w.image.value)
     monkeypatch.setattr(explorer_module, "draw", broken)
     w.controls["query"].value = 1  # must not raise
     assert "Could not show" in w.message.value and "something inside broke" in w.message.value
+
+
+@pytest.fixture(scope="module")
+def trained_explorer():
+    return attention_explorer()
+
+
+def test_trained_explorer_is_the_default_and_reads_characters(trained_explorer):
+    w = trained_explorer
+    labels = [label for label, _ in w.controls["query"].options]
+    assert labels[:6] == ["T", "o", "␣", "b", "e", ","]          # one button per character
+    assert w.controls["query"].value == len(labels) - 1           # the last character asks
+    assert list(w.controls["layer"].options) == list(range(6))
+    assert list(w.controls["head"].options) == list(range(4))
+    assert "Layer 0, head 0 of the trained model" in w.message.value
+
+
+def test_trained_explorer_layer_and_head_change_picture_and_numbers(trained_explorer):
+    w = trained_explorer
+    w.controls["layer"].value, w.controls["head"].value = 0, 0
+    first, first_message = w.image.value, w.message.value
+    w.controls["head"].value = 2
+    assert w.image.value != first and w.message.value != first_message
+    w.controls["layer"].value = 4
+    assert "Layer 4, head 2" in w.message.value and is_png(w.image.value)
+
+
+def test_trained_heads_are_the_models_own_causal_weights():
+    import torch
+
+    from utils.pretrained import load_pretrained
+    net = TrainedModel()
+    net.layer, net.head = 3, 1
+    tokens = list("To be, or not")
+    weights, values, out = net(tokens)
+    model, tokenizer = load_pretrained("shakespeare-char")
+    ids = torch.tensor([tokenizer.encode("To be, or not")])
+    with torch.no_grad():
+        reference = model(ids, return_attention=True).attentions[3][0, 1]
+    assert torch.allclose(weights, reference)
+    assert weights.triu(1).abs().max() == 0                       # never looks ahead
+    assert values.shape == (13, 32) and torch.allclose(out, weights @ values)
+
+
+def test_trained_explorer_unknown_characters_and_long_text_are_messages(trained_explorer):
+    w = trained_explorer
+    w.controls["text"].value = "naïve café"
+    assert "only knows the 76 characters" in w.message.value and "ï" in w.message.value
+    w.controls["text"].value = "word " * 30
+    assert len(w.controls["query"].options) == MAX_CHARACTERS and f"first {MAX_CHARACTERS}" in w.message.value
+    w.controls["text"].value = "To be"
+    assert len(w.controls["query"].options) == 5
+
+
+def test_trained_explorer_failure_is_a_message(trained_explorer, monkeypatch):
+    w = trained_explorer
+    monkeypatch.setattr(explorer_module, "draw", broken)
+    w.controls["head"].value = 3 if w.controls["head"].value != 3 else 1
+    assert "Could not show" in w.message.value
 
 
 # ---- head viewer (chapter 04) ------------------------------------------------------------

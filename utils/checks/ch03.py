@@ -301,3 +301,79 @@ def page_scale(answer):
     size = "too big" if direction == "sharper" else "too small"
     raise Hint(f"c = {c:g} is {size}: it gives {shown}, which is {direction} than the page's "
                f"{PAGE_WEIGHTS} (worst difference {error:.3f}; aim for ≤ {PAGE_TOLERANCE})")
+
+
+def _causal_reference(q, k, v):
+    return scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _causal_case(rng: np.random.Generator) -> tuple:
+    lead = [(), (int(rng.integers(1, 3)),), (int(rng.integers(1, 3)), int(rng.integers(1, 4)))][
+        int(rng.integers(0, 3))]
+    T = int(rng.integers(2, 8))
+    d_k, d_v = int(rng.choice([2, 4, 8, 16])), int(rng.choice([2, 3, 8]))
+    t = lambda *shape: torch.from_numpy(rng.standard_normal(shape)).float()  # noqa: E731
+    return t(*lead, T, d_k), t(*lead, T, d_k), t(*lead, T, d_v)
+
+
+def _causal_variants(q, k, v) -> dict[str, torch.Tensor]:
+    """Weights of classic causal-mask mistakes, so a hint can name the one made."""
+    T = q.size(-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    past = torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1)
+    allowed_weights = torch.softmax(scores.masked_fill(future, -math.inf), -1)
+    plain = torch.softmax(scores, -1)
+    variants = {
+        "the mask is flipped: a query may look at itself and EARLIER positions (key j ≤ query "
+        "i), so hide the upper triangle (torch.triu(..., diagonal=1))":
+            torch.softmax(scores.masked_fill(past, -math.inf), -1),
+        "the mask hides the diagonal too: a token may attend to itself (use diagonal=1 in "
+        "torch.triu, so only keys after the query are hidden)":
+            torch.softmax(scores.masked_fill(future | torch.eye(T, dtype=torch.bool),
+                                             -1e9), -1),
+        "the future was zeroed AFTER the softmax, so the rows no longer sum to 1: fill the "
+        "scores with -inf before the softmax instead":
+            plain.masked_fill(future, 0.0),
+        "masked scores were set to 0, not -inf: e^0 = 1 still gives the future weight; use "
+        "float('-inf')": torch.softmax(scores.masked_fill(future, 0.0), -1),
+        "no mask was applied: every query still sees the future": plain,
+        "you forgot to divide the scores by √d_k": torch.softmax(
+            (q @ k.transpose(-2, -1)).masked_fill(future, -math.inf), -1),
+    }
+    return {name: w for name, w in variants.items()
+            if not torch.allclose(w, allowed_weights, atol=1e-6)}
+
+
+def _causal_mistake(got, expected, q, k, v) -> str | None:
+    if not (isinstance(got, tuple | list) and len(got) == 2):
+        return None
+    try:
+        weights = torch.as_tensor(got[1]).double()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    for mistake, wrong in _causal_variants(q, k, v).items():
+        if weights.shape == wrong.shape and torch.allclose(weights, wrong.double(), atol=1e-5):
+            return mistake
+    return None
+
+
+@grader
+def causal_attention(fn):
+    """Exercise 5: scaled dot-product attention where query i sees only keys 0..i."""
+    g = torch.Generator().manual_seed(5)
+    cases = [
+        # the six "rate" tokens, one head of width 4
+        (torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g),
+         torch.randn(6, 3, generator=g)),
+        # one token: it can only see itself, weight exactly 1
+        (torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g),
+         torch.randn(1, 2, generator=g)),
+        # a batch of heads [B, h, T, d], with large scores so a 0 fill still matters
+        (3 * torch.randn(2, 2, 5, 8, generator=g), 3 * torch.randn(2, 2, 5, 8, generator=g),
+         torch.randn(2, 2, 5, 8, generator=g)),
+    ]
+    cases += seeded_cases(_causal_case, n=20, seed=53)
+    compare_with_reference(fn, _causal_reference, cases, _compare_attention,
+                           name="causal_attend", diagnose=_causal_mistake)
+    return "Each query sees itself and the past: the future gets weight exactly 0."

@@ -1,10 +1,18 @@
 """The attention explorer (chapter 03): click a token, see what it attends to.
 
-A small, fixed-seed (untrained) attention head reads a sentence. Pick the query token with
-the row of buttons; arcs from it to every key have a thickness proportional to the weight,
-the bars give the numbers, and the bottom panel shows the value vectors and the output,
-their weighted blend. The weights show the mechanics, not meaning: chapter 04 looks at heads
-of a trained model.
+Two models can be explored:
+
+* "trained" (the default): the course's trained GPT (chapter 07's shipped checkpoint, a
+  character-level model of Shakespeare). Pick a layer and a head; tokens are characters.
+  These heads have learned something: look for heads that watch the previous character, the
+  start of the word, or the last space.
+* "toy": one small, fixed-seed, untrained head reading words with random vectors. Its
+  weights show the mechanics (a query scored against every key, a softmax, a blend of
+  values), not meaning.
+
+Pick the query token with the row of buttons; arcs from it to every key have a thickness
+proportional to the weight, the bars give the numbers, and the bottom panel shows the value
+vectors and the output, their weighted blend.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Arc
 
-from utils.attention import AttentionHead
+from utils.attention import AttentionHead, split_heads
 from utils.widgets.display import (
     cap_text,
     clean_text,
@@ -33,7 +41,13 @@ EXAMPLES = [
     "The animal didn't cross the street because it was too tired",
     "The cat sat on the mat because the mat was warm",
 ]
+LINES = [   # for the trained character model: lines in the style it was trained on
+    "To be, or not to be, that is the question",
+    "ROMEO: But soft, what light through yonder window breaks?",
+    "The cat sat on the mat because the mat was warm",
+]
 MAX_TOKENS = 14
+MAX_CHARACTERS = 48   # characters the trained model reads (one query button each)
 MAX_CHARS = 200    # of typed text: fourteen tokens of ordinary words fit easily
 MAX_LABEL = 12     # characters of a token shown under the arcs; longer ones end in "…"
 D_MODEL, D_HEAD = 16, 6
@@ -50,10 +64,13 @@ def tokenize(text: str) -> list[str]:
 
 def short(token: str, limit: int = MAX_LABEL) -> str:
     """A token cut to `limit` characters for a label, so one long token can't swamp the figure.
+    A space is drawn as ␣ (a character model's tokens are often spaces).
 
-    >>> short("chargeback"), short("antidisestablishmentarianism")
-    ('chargeback', 'antidisesta…')
+    >>> short("chargeback"), short("antidisestablishmentarianism"), short(" ")
+    ('chargeback', 'antidisesta…', '␣')
     """
+    if token == " ":
+        return "␣"
     return token if len(token) <= limit else token[:limit - 1] + "…"
 
 
@@ -81,14 +98,53 @@ class ToyModel:
         out, weights = self.head(x)
         return weights, self.head.W_V(x), out
 
+    def split(self, text: str) -> list[str]:
+        return tokenize(text)
 
-def draw(tokens: list[str], query: int, model: ToyModel) -> bytes:
+
+class TrainedModel:
+    """One head of the trained GPT (chapter 07's checkpoint), reading characters.
+
+    `layer` and `head` choose which head; `__call__` returns that head's attention weights
+    [T, T], its value vectors [T, d_head] and its output [T, d_head] (weights @ values),
+    recomputed from the layer's input so the value panel shows what the head really blends.
+    """
+
+    def __init__(self) -> None:
+        from utils.pretrained import load_pretrained  # the checkpoint loads only when asked for
+
+        self.model, self.tokenizer = load_pretrained("shakespeare-char")
+        self.model.eval()
+        self.n_layer, self.n_head = self.model.config.n_layer, self.model.config.n_head
+        self.layer, self.head = 0, 0
+
+    def split(self, text: str) -> list[str]:
+        unknown = sorted(set(text) - set(self.tokenizer.chars))
+        if unknown:
+            raise ValueError("the trained model only knows the 76 characters of the corpus; "
+                             f"not {''.join(unknown)[:20]!r}")
+        return list(text)
+
+    @torch.no_grad()
+    def __call__(self, tokens: list[str]):
+        ids = torch.tensor([self.tokenizer.encode("".join(tokens))])
+        out = self.model(ids, return_hidden=True, return_attention=True)
+        block = self.model.blocks[self.layer]
+        _, _, v = block.attn._project(block.norm1(out.hidden_states[self.layer]), None)
+        values = split_heads(v, block.attn.n_kv_heads)[0, self.head]      # [T, d_head]
+        weights = out.attentions[self.layer][0, self.head]                 # [T, T]
+        return weights, values, weights @ values
+
+
+def draw(tokens: list[str], query: int, model) -> bytes:
     """Arcs, weight bars and the value/output heatmap for one query position."""
     weights, values, out = model(tokens)
     w = weights[query].numpy()
     T = len(tokens)
+    per_token = 0.75 if isinstance(model, ToyModel) else 0.32   # characters are narrow
     fig, (arcs, bars, blend) = plt.subplots(
-        3, 1, figsize=(max(7, 0.75 * T), 7.5), gridspec_kw={"height_ratios": [2, 1.4, 1.6]})
+        3, 1, figsize=(min(max(7, per_token * T), 14), 7.5),
+        gridspec_kw={"height_ratios": [2, 1.4, 1.6]})
     for j, wj in enumerate(w):  # one arc from the query to every key
         if j == query:
             arcs.add_patch(plt.Circle((j, 0.25), 0.18, fill=False, lw=0.5 + 12 * wj,
@@ -104,7 +160,9 @@ def draw(tokens: list[str], query: int, model: ToyModel) -> bytes:
     arcs.set_xlim(-0.7, T - 0.3)
     arcs.set_ylim(-1.0, 0.3 * max(query, T - 1 - query, 1) + 0.4)
     arcs.axis("off")
-    arcs.set_title(f"query = {short(tokens[query])!r}: arc thickness = attention weight")
+    where = "" if isinstance(model, ToyModel) else f"layer {model.layer}, head {model.head}: "
+    arcs.set_title(f"{where}query = {short(tokens[query])!r} (position {query}): "
+                   "arc thickness = attention weight")
     bars.bar(range(T), w, color=["tab:red" if j == query else "tab:blue" for j in range(T)])
     bars.set_xticks(range(T), [short(t) for t in tokens], rotation=30)
     bars.set_ylim(0, 1)
@@ -116,34 +174,51 @@ def draw(tokens: list[str], query: int, model: ToyModel) -> bytes:
     image = blend.imshow(grid.T, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     fig.colorbar(image, ax=blend, label="feature value (red +, blue −)")
     blend.axvline(T - 0.5, color="black", lw=2)
-    blend.set_xticks(range(T + 1), [f"v({short(t, 8)})" for t in tokens] + ["output"], rotation=30)
+    labels = [f"v({short(t, 8)})" for t in tokens] if isinstance(model, ToyModel) else \
+        [short(t) for t in tokens]
+    blend.set_xticks(range(T + 1), labels + ["output"], rotation=30)
     blend.set_ylabel("feature")
     blend.set_title("value vectors (columns) and the output = Σ weight × value")
     fig.tight_layout()
     return figure_to_png(fig)
 
 
-def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> widgets.VBox:
-    """Build the explorer. Controls: `w.controls["example"]` (Dropdown of sentences),
-    `w.controls["text"]` (Text, any sentence) and `w.controls["query"]` (ToggleButtons, one per
-    token, value = the token's position); outputs `w.image` (PNG) and `w.message` (HTML).
-    Typed text is cut to MAX_CHARS characters and MAX_TOKENS tokens (the message says so), and
-    long tokens are shortened in the labels.
+def attention_explorer(text: str | None = None, query: int | None = None,
+                       model: str = "trained") -> widgets.VBox:
+    """Build the explorer for the trained character model (`model="trained"`) or the untrained
+    word-level toy head (`model="toy"`).
 
-    >>> w = attention_explorer("The merchant chargeback rate is high")
+    Controls: `w.controls["example"]` (Dropdown of sentences), `w.controls["text"]` (Text, any
+    sentence), `w.controls["query"]` (ToggleButtons, one per token, value = its position), and
+    for the trained model `w.controls["layer"]` and `w.controls["head"]` (Dropdowns); outputs
+    `w.image` (PNG) and `w.message` (HTML). Typed text is cut to MAX_CHARS characters, then to
+    MAX_TOKENS words (toy) or MAX_CHARACTERS characters (trained), and the message says so;
+    characters the trained model does not know are a message, not an error.
+
+    >>> w = attention_explorer("The merchant chargeback rate is high", model="toy")
     >>> before = w.image.value
     >>> w.controls["query"].value = 0
     >>> w.image.value != before
     True
     """
-    model = ToyModel()
-    example = widgets.Dropdown(options=EXAMPLES + ["(type your own)"],
-                               value=text if text in EXAMPLES else "(type your own)",
+    if model not in ("trained", "toy"):
+        raise ValueError(f"model must be 'trained' or 'toy', got {model!r}")
+    net = TrainedModel() if model == "trained" else ToyModel()
+    examples = LINES if model == "trained" else EXAMPLES
+    text = examples[0 if model == "trained" else 1] if text is None else text
+    limit = MAX_CHARACTERS if model == "trained" else MAX_TOKENS
+    unit = "characters" if model == "trained" else "tokens"
+    example = widgets.Dropdown(options=examples + ["(type your own)"],
+                               value=text if text in examples else "(type your own)",
                                description="sentence")
     box_text = widgets.Text(value=text, description="text", continuous_update=False,
                             layout=widgets.Layout(width="600px"))
     buttons = widgets.ToggleButtons(options=[("?", 0)], description="query",
                                     style={"button_width": "auto"})
+    layer = widgets.Dropdown(options=list(range(getattr(net, "n_layer", 1))), value=0,
+                             description="layer", layout=widgets.Layout(width="160px"))
+    head = widgets.Dropdown(options=list(range(getattr(net, "n_head", 1))), value=0,
+                            description="head", layout=widgets.Layout(width="160px"))
     image, message = widgets.Image(format="png"), widgets.HTML()
     state = {"tokens": [], "note": ""}
 
@@ -152,28 +227,41 @@ def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> wid
         tokens = state["tokens"]
         if state.get("busy") or not tokens or buttons.value is None:
             return
-        image.value = draw(tokens, buttons.value, model)
-        weights, _, _ = model(tokens)
+        if model == "trained":
+            net.layer, net.head = layer.value, head.value
+        image.value = draw(tokens, buttons.value, net)
+        weights, _, _ = net(tokens)
         top = weights[buttons.value].argsort(descending=True)[:3].tolist()
-        ranking = ", ".join(f"{short(tokens[j])!r} {weights[buttons.value, j]:.2f}" for j in top)
+        ranking = ", ".join(f"{short(tokens[j])!r} (position {j}) {weights[buttons.value, j]:.2f}"
+                            for j in top)
+        what = (f"Layer {net.layer}, head {net.head} of the trained model (causal: a character "
+                "sees only itself and the characters before it)." if model == "trained"
+                else "(Untrained head: the mechanics, not meaning.)")
         message.value = state["note"] + message_html(
-            f"{len(tokens)} tokens; {short(tokens[buttons.value])!r} attends most to {ranking}. "
-            "(Untrained head: the mechanics, not meaning.)")
+            f"{len(tokens)} {unit}; {short(tokens[buttons.value])!r} attends most to {ranking}. "
+            + what)
 
     @guarded(message, "this sentence")
     def set_text(_=None) -> None:
         typed, note = cap_text(clean_text(box_text.value), MAX_CHARS, "sentence")
-        tokens = tokenize(typed)
+        if model == "trained":
+            typed = typed.replace("\n", " ")
+        try:
+            tokens = net.split(typed) if typed.strip() else []
+        except ValueError as error:
+            message.value = message_html(f"{error}. Type letters, digits, spaces and ordinary "
+                                         "punctuation.", "warning")
+            return
         if not tokens:
             message.value = message_html("Type a sentence (at least one word).", "warning")
             return
-        if len(tokens) > MAX_TOKENS:
-            tokens = tokens[:MAX_TOKENS]
-            note += message_html(f"Only the first {MAX_TOKENS} tokens are shown. Shorten the "
+        if len(tokens) > limit:
+            tokens = tokens[:limit]
+            note += message_html(f"Only the first {limit} {unit} are shown. Shorten the "
                                  "sentence to see all of it.", "warning")
         state["tokens"], state["note"] = tokens, note
         wanted = min(query if query is not None else len(tokens) - 1, len(tokens) - 1)
-        if "it" in [t.lower() for t in tokens] and query is None:
+        if model == "toy" and "it" in [t.lower() for t in tokens] and query is None:
             wanted = [t.lower() for t in tokens].index("it")
         state["busy"] = True  # set options and value together, then draw once
         try:
@@ -185,13 +273,18 @@ def attention_explorer(text: str = EXAMPLES[1], query: int | None = None) -> wid
 
     @guarded(message, "this example")
     def pick_example(change) -> None:
-        if change["new"] in EXAMPLES:
+        if change["new"] in examples:
             box_text.value = change["new"]
 
     buttons.observe(redraw, names="value")
+    layer.observe(redraw, names="value")
+    head.observe(redraw, names="value")
     box_text.observe(set_text, names="value")
     example.observe(pick_example, names="value")
     set_text()
-    return widget_box([example, box_text, buttons, image, message],
-                      {"example": example, "text": box_text, "query": buttons},
-                      image=image, message=message)
+    controls = {"example": example, "text": box_text, "query": buttons}
+    rows = [example, box_text]
+    if model == "trained":
+        controls.update(layer=layer, head=head)
+        rows.append(widgets.HBox([layer, head]))
+    return widget_box(rows + [buttons, image, message], controls, image=image, message=message)

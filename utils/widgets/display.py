@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 
 from utils.device import one_thread  # noqa: F401  (widgets run their redraws on one thread)
 
-_COLOURS = {"info": "#31708f", "warning": "#8a6d3b", "error": "#a94442"}
+_COLOURS = {"info": "#31708f", "success": "#3c763d", "warning": "#8a6d3b", "error": "#a94442"}
 
 
 def figure_to_png(fig: plt.Figure, dpi: int = 90) -> bytes:
