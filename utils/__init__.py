@@ -5,7 +5,8 @@ Each module is named after what it holds and is introduced by one chapter:
     paths            where the repository, data and run outputs live          (all chapters)
     device           get_device(), set_seed()                                  (chapter 00)
     data             load_corpus(), train_val_split(), get_batch()             (chapter 00)
-    sequence_models  the RNN-versus-attention experiment                       (chapter 00)
+    sequence_models  the RNN-versus-attention experiments: gradients over
+                     distance, recall of the first token, sequential time      (chapter 00)
     tokenizers       CharTokenizer, WordTokenizer, BPETokenizer, pretrained_bpe (chapter 01)
     gpt2_vocab       load_gpt2_vocab(): GPT-2 style vocab.json + merges.txt
                      as a BPETokenizer with their own ids                      (chapter 01)
@@ -15,6 +16,7 @@ Each module is named after what it holds and is introduced by one chapter:
                      MultiHeadAttention (fused QKV, grouped-query heads)       (chapters 03-04)
                      KVCache                                                   (chapter 08)
     attention_lm     a tiny attention-only language model whose heads we inspect (chapter 04)
+    head_analysis    distance profiles, a layer x head grid, head ablation      (chapter 04)
     model            LayerNorm, RMSNorm, FeedForward, Block, GPTConfig, GPT,
                      parameter/FLOP counts                                     (chapter 05)
     hf_convert       load Hugging Face GPT-2 / Llama weights into our GPT      (chapter 05)
@@ -29,6 +31,12 @@ Each module is named after what it holds and is introduced by one chapter:
     pretrained       trained GPTs as safetensors; load_pretrained(name)        (chapter 07)
     generation       generate(), stream(), temperature/top-k/top-p/repetition
                      filters, beam_search, sequence_nll, perplexity            (chapter 08)
+    tiled_attention  attention without the T x T matrix: online_softmax_merge,
+                     tiled_attention, flash_attention (autograd.Function)     (chapter 09)
+    ring_attention   simulated ring attention, O(T*W) sliding-window attention (chapter 09)
+    quantization     int8 per-channel and NF4 blockwise quantisation,
+                     model_size_bytes                                          (chapters 09-10)
+    moe              top-k mixture-of-experts FFN with a load-balancing loss    (chapter 09)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """
