@@ -175,11 +175,12 @@ def test_gpt_shapes_loss_and_causality(style):
     assert not torch.allclose(model(x2)[0][:, -1], logits[:, -1])
 
 
-def test_targets_minus_one_are_ignored():
+def test_targets_minus_100_are_ignored():
+    # -100 is PyTorch's default ignore_index: chapter 10 masks prompts and padding with it
     model = GPT(tiny()).eval()
     x, y = ids(), ids(seed=1)
     masked = y.clone()
-    masked[:, :10] = -1
+    masked[:, :10] = -100
     _, loss = model(x, masked)
     logits, _ = model(x)
     expected = F.cross_entropy(logits[:, 10:].reshape(-1, 37), y[:, 10:].reshape(-1))
@@ -344,3 +345,4 @@ def test_traces_as_one_graph_for_torch_compile(style):
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     x, y = ids(), ids(seed=1)
     torch.testing.assert_close(compiled(x, y)[1], model(x, y)[1])
+

@@ -10,9 +10,9 @@ from utils.widgets import head_viewer as head_viewer_module
 from utils.widgets import softmax_scaling as softmax_module
 from utils.widgets.attention_explorer import (
     EXAMPLES,
+    MAX_CHARACTERS,
     MAX_CHARS,
     MAX_LABEL,
-    MAX_CHARACTERS,
     MAX_TOKENS,
     TrainedModel,
     attention_explorer,

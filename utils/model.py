@@ -281,8 +281,9 @@ class GPT(nn.Module):
     """A decoder-only transformer language model.
 
     `forward(idx, targets=None)` returns `(logits, loss)`: logits [B, T, vocab_size] and the
-    mean cross-entropy against `targets` [B, T] (None without targets). Targets equal to -1
-    are ignored, so a prompt can be left out of the loss (chapter 10).
+    mean cross-entropy against `targets` [B, T] (None without targets). Targets equal to -100
+    (PyTorch's default `ignore_index`) are ignored, so a prompt or padding can be left out of
+    the loss (chapter 10).
 
     `forward(idx, targets=None, return_hidden=True, return_attention=True)` returns a
     `GPTOutput` with the hidden states and/or attention weights as well (attention weights
@@ -386,7 +387,7 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(),
-                                   targets.reshape(-1), ignore_index=-1)
+                                   targets.reshape(-1), ignore_index=-100)
         if return_hidden or return_attention:
             return GPTOutput(logits, loss, hidden if return_hidden else None,
                              attentions if return_attention else None)
