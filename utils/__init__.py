@@ -37,6 +37,13 @@ Each module is named after what it holds and is introduced by one chapter:
     quantization     int8 per-channel and NF4 blockwise quantisation,
                      model_size_bytes                                          (chapters 09-10)
     moe              top-k mixture-of-experts FFN with a load-balancing loss    (chapter 09)
+    lora             LoRA from scratch: LoRALinear, apply_lora, merge_lora,
+                     adapters saved and loaded alone; works on an NF4 base     (chapter 10)
+    plays            the corpus as nine plays and their speeches               (chapter 10)
+    classification   a classification head on the last position, what to
+                     unfreeze, majority and bag-of-characters baselines        (chapter 10)
+    finetune         special tokens and the prompt template, collation with
+                     prompt masking, masked_lm_loss, sequence_logprob, dpo_loss (chapter 10)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """
