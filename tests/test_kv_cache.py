@@ -101,3 +101,40 @@ def test_attention_with_cache_matches_causal_attention_on_the_whole_sequence():
         parts = [mha(x[:, :3], is_causal=True, cache=cache)]
         parts += [mha(x[:, t:t + 1], is_causal=True, cache=cache) for t in range(3, 7)]
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-6)
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_chunks_of_several_tokens_match_a_full_forward(pos):
+    # Speculative decoding (utils.speculative) feeds several proposed tokens at once on top of
+    # a cache: the causal mask must then be aligned bottom-right, for every positional scheme.
+    model = make_model(pos, n_kv_head=2)
+    idx = torch.randint(0, 23, (1, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(model.config.n_layer)
+        pieces, start = [], 0
+        for size in (3, 4, 1, 5, 2, 1):
+            pieces.append(model(idx[:, start:start + size], kv_cache=cache)[0])
+            start += size
+    assert start == 16 and cache.seq_len == 16
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_llama_layout_with_multi_query_attention_caches_exactly():
+    # RoPE + RMSNorm + SwiGLU, no biases, one key/value head shared by all four query heads
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32,
+                       n_kv_head=1, pos="rope", norm="rms", mlp="swiglu", bias=False,
+                       tie_weights=False)
+    model = GPT(config).eval()
+    idx = torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(config.n_layer)
+        pieces = [model(idx[:, :4], kv_cache=cache)[0]]
+        pieces += [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(4, 10)]
+    assert cache.keys[0].shape == (2, 1, 10, 8)           # one kv head
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    prompt = idx[:, :3]
+    assert torch.equal(generate(model, prompt, 20, temperature=0, use_cache=True),
+                       generate(model, prompt, 20, temperature=0, use_cache=False))

@@ -112,3 +112,20 @@ def test_foreign_files_are_refused(tmp_path):
         load_model_file(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="unknown pretrained model"):
         load_pretrained("gpt-5")
+
+
+def test_shipped_draft_model_pairs_with_the_target_and_reproduces_its_recorded_loss():
+    # chapter 09's speculative decoding: a small model with the target's tokenizer and context
+    draft, tokenizer = load_pretrained("shakespeare-char-draft")
+    target, target_tokenizer = load_pretrained("shakespeare-char")
+    assert pretrained_path("shakespeare-char-draft").stat().st_size < 2**20       # < 1 MB
+    assert tokenizer.chars == target_tokenizer.chars
+    assert draft.config.block_size == target.config.block_size
+    assert draft.get_num_params() < target.get_num_params() / 4
+    record = pretrained_record("shakespeare-char-draft")
+    assert record["command"].startswith("python -m utils.train --preset shakespeare-char-draft")
+    _, val_ids = train_val_split(torch.tensor(tokenizer.encode(load_corpus())))
+    loss = split_loss(draft, val_ids, draft.config.block_size)
+    assert abs(loss - record["val_loss_whole_split"]) <= 0.02, (loss, record)
+    # a trained draft: well below the bigram line (~2.5), above the target it serves
+    assert split_loss(target, val_ids, target.config.block_size) < loss < 2.2

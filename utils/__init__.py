@@ -28,9 +28,11 @@ Each module is named after what it holds and is introduced by one chapter:
     optim            AdamW from its update rule, lr_at (warm-up + cosine)      (chapter 07)
     train            the trainer: TrainConfig, presets, train(), checkpoints,
                      DDP; `python -m utils.train --preset shakespeare-char`    (chapter 07)
-    pretrained       trained GPTs as safetensors; load_pretrained(name)        (chapter 07)
+    pretrained       trained GPTs as safetensors; load_pretrained(name):
+                     "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
     generation       generate(), stream(), temperature/top-k/top-p/repetition
                      filters, beam_search, sequence_nll, perplexity            (chapter 08)
+    speculative      speculative_generate: a draft proposes, the target verifies (chapter 09)
     tiled_attention  attention without the T x T matrix: online_softmax_merge,
                      tiled_attention, flash_attention (autograd.Function)     (chapter 09)
     ring_attention   simulated ring attention, O(T*W) sliding-window attention (chapter 09)

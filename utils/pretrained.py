@@ -30,7 +30,9 @@ from utils.tokenizers import CharTokenizer
 
 PRETRAINED_FORMAT = "transformers-course/gpt"
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
-SHIPPED = ("shakespeare-char",)
+# the course's model, and the small draft model that speculative decoding pairs with it
+# (chapter 09; same tokenizer and context length)
+SHIPPED = ("shakespeare-char", "shakespeare-char-draft")
 
 
 class PretrainedError(RuntimeError):

@@ -141,6 +141,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     batch_size=16, max_steps=1500, lr=8e-3, min_lr=8e-4, warmup_steps=50,
                     eval_interval=500, eval_batches=20),
     },
+    # The draft model of speculative decoding (chapter 09): it guesses a few tokens that the
+    # shipped model then checks in one pass, so it must be cheap per token more than good.
+    # Same tokenizer and block size as `shakespeare-char`; 2 blocks (one block cannot form an
+    # induction head, which copies names and words from earlier in the text) of width 96, so
+    # the shipped file stays under 1 MB; the fast preset's big-step recipe, a few CPU minutes.
+    "shakespeare-char-draft": {
+        "cpu": dict(n_layer=2, n_head=4, n_embd=96, block_size=128, dropout=0.0, bias=False,
+                    batch_size=16, max_steps=1000, lr=8e-3, min_lr=8e-4, warmup_steps=50,
+                    eval_interval=500, eval_batches=20),
+    },
     # nanoGPT's "baby" CPU settings, for bench/bench_train.py's comparison.
     "baby": {
         "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
