@@ -32,6 +32,8 @@ Each module is named after what it holds and is introduced by one chapter:
                      "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
     generation       generate(), stream(), temperature/top-k/top-p/repetition
                      filters, beam_search, sequence_nll, perplexity            (chapter 08)
+    kv_memory        KV-cache bytes (MHA/GQA/MQA, MLA, sliding window) of public
+                     model configs, kv_cache_table                             (chapter 09)
     speculative      speculative_generate: a draft proposes, the target verifies (chapter 09)
     tiled_attention  attention without the T x T matrix: online_softmax_merge,
                      tiled_attention, flash_attention (autograd.Function)     (chapter 09)
