@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import sys
@@ -55,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from utils.paths import write_text_atomic  # noqa: E402
 from utils.plays import PLAYS, load_speeches, play_spans, val_start  # noqa: E402
 
 PASSAGE_CHARS = 96
@@ -154,11 +154,7 @@ def build(length: int = PASSAGE_CHARS, n_train: int = N_TRAIN, n_test: int = N_T
 
 
 def write(records: list[dict], path: Path = OUTPUT) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(partial, "w", encoding="utf-8", newline="\n") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def train_all(records: list[dict], steps: int = STEPS, seed: int = SEED) -> dict:
@@ -228,9 +224,7 @@ def main() -> None:
     print(f"wrote {OUTPUT.name}: {OUTPUT.stat().st_size:,} bytes")
     if args.results:
         results = train_all(records)
-        partial = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, RESULTS)
+        write_text_atomic(RESULTS, json.dumps(results, indent=1) + "\n")
         print(f"wrote {RESULTS.name}")
 
 

@@ -21,7 +21,6 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from any
 
 from utils.data import load_corpus, train_val_split  # noqa: E402
 from utils.lora import apply_lora, count_trainable, finetune, linear_layers, save_adapters  # noqa: E402
+from utils.paths import write_text_atomic  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
 from utils.train import machine_description, split_loss  # noqa: E402
 
@@ -110,9 +110,7 @@ def main() -> None:
                   f"train {result['train_loss']:.4f}  val {result['val_loss']:.4f}  "
                   f"({result['seconds_per_step']:.2f} s/step)", flush=True)
 
-    partial = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(partial, args.out)
+    write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from utils.paths import write_text_atomic  # noqa: E402
 from utils.plays import load_speeches  # noqa: E402
 
 SEED = 11
@@ -106,9 +107,7 @@ def build(seed: int = SEED) -> list[dict]:
 def main() -> None:
     rows = build()
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    partial = OUT.with_name(f".{OUT.name}.tmp")
-    partial.write_text(text, encoding="utf-8", newline="\n")
-    partial.replace(OUT)
+    write_text_atomic(OUT, text)
     counts = Counter(r["split"] for r in rows)
     print(f"{OUT.name}: {len(rows)} pairs ({counts['train']} train, {counts['test']} test), "
           f"{len(text.encode()):,} bytes, sha256 {hashlib.sha256(text.encode()).hexdigest()}")

@@ -38,6 +38,7 @@ from utils.finetune import (  # noqa: E402
     load_instructions,
     masked_lm_loss,
 )
+from utils.paths import write_text_atomic  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
 
 STEPS = 300
@@ -118,9 +119,7 @@ def main() -> None:
         "train_loss": losses,
         "samples": samples,
     }
-    partial = out.with_name(f".{out.name}.tmp")
-    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    partial.replace(out)
+    write_text_atomic(out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {out} ({seconds:.0f} s)")
 
 

@@ -156,3 +156,14 @@ def test_seeded_cases_are_reproducible_and_varied():
     first, again = seeded_cases(make, n=5, seed=7), seeded_cases(make, n=5, seed=7)
     assert first == again and len(set(first)) == 5
     assert seeded_cases(make, n=5, seed=8) != first
+
+
+def test_expect_tensor_names_what_was_wrong():
+    from utils.checks.grading import Hint, expect_tensor
+    ok = torch.ones(2, 3, requires_grad=True)
+    out = expect_tensor(ok * 2, (2, 3), "x")
+    assert not out.requires_grad and out.shape == (2, 3)
+    with pytest.raises(Hint, match="expected a torch tensor, got list"):
+        expect_tensor([[1.0, 2.0]], (1, 2), "x")
+    with pytest.raises(Hint, match=r"expected shape \(2, 3\), got \(3, 2\)"):
+        expect_tensor(torch.ones(3, 2), (2, 3), "x")

@@ -19,3 +19,21 @@ def run_dir(name: str) -> Path:
     path = RUNS_DIR / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` (UTF-8, "\\n" line ends) to `path` through a temporary file in the same
+    folder, so an interrupted run never leaves a half-written file behind.
+
+    >>> import tempfile
+    >>> out = write_text_atomic(Path(tempfile.mkdtemp()) / "a.txt", "hi\\n")
+    >>> out.read_text()
+    'hi\\n'
+    """
+    import os
+
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text, encoding="utf-8", newline="\n")
+    os.replace(partial, path)
+    return path

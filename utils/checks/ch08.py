@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from utils.checks.grading import Hint, compare_with_reference, expect_close, grader, seeded_cases
+from utils.checks.grading import (
+    Hint,
+    compare_with_reference,
+    expect_close,
+    expect_tensor,
+    grader,
+    seeded_cases,
+)
 from utils.generation import next_token_probs
 from utils.generation import top_k_filter as reference_top_k
 from utils.generation import top_p_filter as reference_top_p
-
-
-def _as_tensor(got, shape, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise Hint(f"{what}: expected a torch tensor, got {type(got).__name__}")
-    if tuple(got.shape) != tuple(shape):
-        raise Hint(f"{what}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
-    return got.detach().float()
 
 
 def _logits_cases(make_extra, seed: int) -> list[tuple]:
@@ -38,7 +37,7 @@ def _logits_cases(make_extra, seed: int) -> list[tuple]:
 
 
 def _compare_filtered(got, expected: torch.Tensor, what: str) -> None:
-    got = _as_tensor(got, expected.shape, what)
+    got = expect_tensor(got, expected.shape, what).float()
     kept, should = torch.isfinite(got), torch.isfinite(expected)
     if not torch.equal(kept, should):
         raise Hint(f"{what}: kept {kept.sum(-1).tolist()} tokens, expected "
@@ -99,7 +98,7 @@ def reference_top_p_probs(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _compare_probs(got, expected: torch.Tensor, what: str) -> None:
-    got = _as_tensor(got, expected.shape, what)
+    got = expect_tensor(got, expected.shape, what).float()
     if not torch.equal(got > 0, expected > 0):
         raise Hint(f"{what}: kept {(got > 0).sum(-1).tolist()} tokens, expected "
                    f"{(expected > 0).sum(-1).tolist()}")
@@ -204,7 +203,7 @@ def temperature_probs(fn):
     cases += seeded_cases(make, 30, seed=10)
 
     def compare(got, expected, what):
-        got = _as_tensor(got, expected.shape, what)
+        got = expect_tensor(got, expected.shape, what).float()
         if not torch.isfinite(got).all():
             raise Hint(f"{what}: the result contains NaN or inf (temperature 0 means greedy; "
                        "a tiny temperature must not overflow: the softmax subtracts the max)")

@@ -17,6 +17,7 @@ from utils.checks.grading import (
     attempt,
     compare_with_reference,
     expect_number,
+    expect_tensor,
     expect_value,
     grader,
     require_value,
@@ -24,14 +25,6 @@ from utils.checks.grading import (
 )
 from utils.kv_memory import GIB, kv_cache_bytes
 from utils.tiled_attention import online_softmax_merge as reference_merge
-
-
-def _tensor(got, shape, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise Hint(f"{what}: expected a torch tensor, got {type(got).__name__}")
-    if tuple(got.shape) != tuple(shape):
-        raise Hint(f"{what}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
-    return got.detach()
 
 
 def _parts(got, n: int, names: str, what: str) -> tuple:
@@ -70,7 +63,7 @@ def _update_case(B, h, T_cached, T_new, d, seed):
 def _compare_update(got, expected, what: str) -> None:
     gk, gv = _parts(got, 2, "keys, values", what)
     for name, g, e in (("keys", gk, expected[0]), ("values", gv, expected[1])):
-        g = _tensor(g, e.shape, f"{what} {name}")
+        g = expect_tensor(g, e.shape, f"{what} {name}")
         if not torch.equal(g, e):
             raise Hint(f"{what}: the {name} have the right shape but not the right entries")
 
@@ -182,7 +175,7 @@ def _merge_case(shape, S1, S2, d, scale1, scale2, seed, causal_empty=False, all_
 def _compare_merge(got, expected, what: str) -> None:
     parts = _parts(got, 3, "m, l, o", what)
     for name, g, e in zip("mlo", parts, expected, strict=True):
-        g = _tensor(g, e.shape, f"{what} {name}").double()
+        g = expect_tensor(g, e.shape, f"{what} {name}").double()
         if torch.isnan(g).any():
             rows = torch.isnan(g).flatten(0, -2).any(-1).nonzero().flatten().tolist()
             raise Hint(f"{what}: {name} has NaN in rows {rows[:5]} — rows where a part saw no "

@@ -18,17 +18,10 @@ from utils.checks.grading import (
     compare_with_reference,
     expect_close,
     expect_number,
+    expect_tensor,
     grader,
     seeded_cases,
 )
-
-
-def _as_tensor(got, shape, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise Hint(f"{what}: expected a torch tensor, got {type(got).__name__}")
-    if tuple(got.shape) != tuple(shape):
-        raise Hint(f"{what}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
-    return got.detach().float()
 
 
 def _close(a: torch.Tensor, b, atol: float = 1e-4) -> bool:
@@ -110,7 +103,7 @@ def lora_forward(fn):
     cases += seeded_cases(make, 25, seed=101)
 
     def compare(got, expected, what):
-        got = _as_tensor(got, expected.shape, what)
+        got = expect_tensor(got, expected.shape, what).float()
         expect_close(got, expected, what, atol=1e-4, rtol=1e-4)
 
     compare_with_reference(fn, reference_lora_forward, cases, compare, "lora_forward",
@@ -168,7 +161,7 @@ def merge(fn):
     cases += seeded_cases(make, 20, seed=201)
 
     def compare(got, expected, what):
-        got = _as_tensor(got, expected.shape, what)
+        got = expect_tensor(got, expected.shape, what).float()
         expect_close(got, expected, what, atol=1e-5, rtol=1e-4)
 
     compare_with_reference(fn, reference_merge, cases, compare, "merge",

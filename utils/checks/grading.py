@@ -92,6 +92,15 @@ def expect_equal(got: Any, expected: Any, what: str) -> None:
         raise Hint(f"{what}: expected {_short(expected)}, got {_short(got)}")
 
 
+def expect_tensor(got: Any, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """`got` as a detached tensor of exactly `shape`; anything else is a hint saying what it was."""
+    if not isinstance(got, torch.Tensor):
+        raise Hint(f"{what}: expected a torch tensor, got {type(got).__name__}")
+    if tuple(got.shape) != tuple(shape):
+        raise Hint(f"{what}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
+    return got.detach()
+
+
 def expect_shape(got: Any, shape: tuple[int, ...], what: str) -> None:
     got_shape = tuple(getattr(got, "shape", ()))
     if got_shape != tuple(shape):
