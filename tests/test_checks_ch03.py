@@ -294,3 +294,12 @@ def test_causal_rejects_a_mask_built_from_the_key_width():
         mask = torch.triu(torch.ones(d, d, dtype=torch.bool), diagonal=1)
         return torch.softmax(_scores(q, k).masked_fill(mask, float("-inf")), -1)
     assert_rejects(check.causal_attention, _with_weights(by_width))
+
+
+def test_causal_rejects_flattening_heads_with_view():
+    def flattened(q, k, v):                 # .view fails on heads transposed out of [B, T, h, d]
+        shape = q.shape
+        out, w = causal_attend(q.view(-1, *shape[-2:]), k.view(-1, *shape[-2:]),
+                               v.view(-1, *v.shape[-2:]))
+        return out.view(*shape[:-1], -1), w.view(*shape[:-1], shape[-2])
+    assert_rejects(check.causal_attention, flattened)

@@ -256,3 +256,11 @@ def test_dpo_rejects_classic_mistakes():
 
     per_pair = lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * margin(pc, pr, rc, rr))  # noqa: E731
     assert "one number" in assert_rejects(check.dpo_loss, per_pair)
+
+
+def test_lora_forward_rejects_flattening_with_view():
+    def flattened(x, weight, bias, A, B, alpha, rank):     # .view fails on a non-contiguous x
+        flat = x.view(-1, x.shape[-1])
+        out = lora_forward(flat, weight, bias, A, B, alpha, rank)
+        return out.view(*x.shape[:-1], -1)
+    assert_rejects(check.lora_forward, flattened)

@@ -387,6 +387,11 @@ def encode_chunk(fn):
     cases = [(ids, merges) for ids in long_chunks]
     cases += [([], merges), ([116], merges), (list(b" the"), merges), (list(b"theethee"), merges)]
     cases += [(ids, merges) for ids in candidates[::37][:25]]
+
+    def random_chunk(rng):          # a seeded random window of the corpus, as one chunk's bytes
+        start = int(rng.integers(0, len(text) - 40))
+        return (list(text[start:start + int(rng.integers(2, 40))].encode("utf-8")), merges)
+    cases += seeded_cases(random_chunk, n=15, seed=15)
     compare_with_reference(fn, _encode_chunk_reference, cases, _compare_ids,
                            name="encode_chunk", diagnose=_encode_mistake)
     return "Earliest-learned merge first, until none applies: BPETokenizer's encoding."
@@ -469,6 +474,11 @@ def train_bpe(fn):
         (text[:3_000], 30),                      # real text: ids >= 256 merged again
         (text[700_000:702_000], 25),
     ]
+
+    def random_slice(rng):          # seeded random stretches of the corpus and merge counts
+        start = int(rng.integers(0, len(text) - 1500))
+        return (text[start:start + int(rng.integers(50, 1500))], int(rng.integers(1, 30)))
+    cases += seeded_cases(random_slice, n=8, seed=16)
     compare_with_reference(fn, _train_reference, cases, _compare_merges, name="train_bpe",
                            diagnose=_train_mistake)
     return "The same merges, in the same order, as tokenizers.train_bpe_naive."

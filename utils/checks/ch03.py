@@ -373,6 +373,10 @@ def causal_attention(fn):
         (3 * torch.randn(2, 2, 5, 8, generator=g), 3 * torch.randn(2, 2, 5, 8, generator=g),
          torch.randn(2, 2, 5, 8, generator=g)),
     ]
+    # heads split from [B, T, h, d] and transposed, as a model hands them over: not contiguous,
+    # so a .view() on them fails
+    qkv = torch.randn(3, 2, 7, 2, 4, generator=g).transpose(2, 3)      # 3 x [B, h, T, d]
+    cases.append((qkv[0], qkv[1], qkv[2]))
     cases += seeded_cases(_causal_case, n=20, seed=53)
     compare_with_reference(fn, _causal_reference, cases, _compare_attention,
                            name="causal_attend", diagnose=_causal_mistake)

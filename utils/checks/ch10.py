@@ -94,6 +94,8 @@ def lora_forward(fn):
     ]
     x, W, b, A, _, alpha, rank = case(rng, 6, 9, 3, 6)
     cases.append((x, W, b, A, torch.zeros(9, 3), alpha, rank))     # B = 0: exactly the base layer
+    x, W, b, A, B, alpha, rank = case(rng, 5, 7, 2, 4, lead=(5, 3))
+    cases.append((x.transpose(0, 1), W, b, A, B, alpha, rank))     # x not contiguous: no .view()
 
     def make(r):
         n_in, n_out, rank = int(r.integers(1, 40)), int(r.integers(1, 40)), int(r.integers(1, 9))
