@@ -22,7 +22,6 @@ import json
 import platform
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,9 +32,9 @@ from utils.device import set_seed  # noqa: E402
 from utils.finetune import (  # noqa: E402
     add_special_tokens,
     evaluate_instructions,
-    exact_match,
     instruction_batches,
     load_instructions,
+    majority_baseline,
     masked_lm_loss,
 )
 from utils.paths import write_text_atomic  # noqa: E402
@@ -48,16 +47,6 @@ SEED = 0
 EVAL_EVERY = 50
 SAMPLES_PER_TASK = 4
 OUT = Path(__file__).resolve().parent / "sft_results.json"
-
-
-def majority_baseline(train, test) -> dict[str, float]:
-    """Exact match of always giving each task's most common training answer."""
-    scores = {}
-    for task in sorted({e.task for e in test}):
-        common = Counter(e.response for e in train if e.task == task).most_common(1)[0][0]
-        held = [e.response for e in test if e.task == task]
-        scores[task] = exact_match([common] * len(held), held)
-    return scores
 
 
 def main() -> None:

@@ -354,3 +354,13 @@ def test_loading_reports_a_bad_split_and_a_bad_line(tmp_path, monkeypatch):
     monkeypatch.setattr("utils.finetune.INSTRUCTIONS_FILE", bad)
     with pytest.raises(ValueError, match="line 2"):
         load_instructions()
+
+
+def test_majority_baseline_scores_each_tasks_commonest_answer():
+    from utils.finetune import Instruction, majority_baseline
+    make = lambda task, response: Instruction(task, "?", response, "train")  # noqa: E731
+    train = [make("play", "Hamlet"), make("play", "Hamlet"), make("play", "Lear"),
+             make("speaker", "Kent")]
+    test = [make("play", "Hamlet"), make("play", "Lear"), make("play", "Hamlet"),
+            make("play", "Othello"), make("speaker", "Edgar")]
+    assert majority_baseline(train, test) == {"play": 0.5, "speaker": 0.0}

@@ -264,13 +264,3 @@ def test_bad_arguments_raise_a_value_error_naming_them(call, word):
     with pytest.raises(ValueError, match=word):
         call(q, k, v)
 
-
-def test_ring_and_window_functions_can_also_be_imported_from_tiled_attention():
-    import utils.ring_attention as ring_module
-    import utils.tiled_attention as tiled_module
-    from utils.tiled_attention import ring_attention as from_tiled
-
-    assert from_tiled is ring_module.ring_attention
-    assert tiled_module.sliding_window_attention is ring_module.sliding_window_attention
-    with pytest.raises(AttributeError, match="no_such_name"):
-        tiled_module.no_such_name  # noqa: B018

@@ -384,18 +384,16 @@ def _optimizer(model: nn.Module, lr: float, steps: int):
     return opt, schedule
 
 
-def train_reverser(model: EncoderDecoder, steps: int, batch_size: int = 64, lr: float = 3e-3,
-                   seed: int = 0, log_every: int = 25) -> list[tuple[int, float]]:
-    """AdamW with a short warm-up and a linear decay, on fresh random training strings every
-    step. Returns (step, loss) every `log_every` steps and at the last one."""
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+def _fit(model: nn.Module, batch_loss, steps: int, lr: float,
+         log_every: int) -> list[tuple[int, float]]:
+    """The training loop both toys share: `batch_loss()` draws a fresh batch and returns its
+    loss; AdamW with warm-up and decay, gradients clipped at 1. Returns (step, loss) every
+    `log_every` steps and at the last one, and leaves the model in eval mode."""
     opt, schedule = _optimizer(model, lr, steps)
     losses = []
     model.train()
     for step in range(steps):
-        src, src_mask, tgt_in, targets = reverse_batch(random_strings(batch_size, generator), device)
-        _, loss = model(src, tgt_in, src_mask, targets)
+        loss = batch_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -405,6 +403,20 @@ def train_reverser(model: EncoderDecoder, steps: int, batch_size: int = 64, lr: 
             losses.append((step + 1, loss.item()))
     model.eval()
     return losses
+
+
+def train_reverser(model: EncoderDecoder, steps: int, batch_size: int = 64, lr: float = 3e-3,
+                   seed: int = 0, log_every: int = 25) -> list[tuple[int, float]]:
+    """AdamW with a short warm-up and a linear decay, on fresh random training strings every
+    step. Returns (step, loss) every `log_every` steps and at the last one."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch_loss() -> torch.Tensor:
+        src, src_mask, tgt_in, targets = reverse_batch(random_strings(batch_size, generator), device)
+        return model(src, tgt_in, src_mask, targets)[1]
+
+    return _fit(model, batch_loss, steps, lr, log_every)
 
 
 def default_reverser_steps(device: torch.device) -> int:
@@ -453,22 +465,13 @@ def train_mlm(model: MaskedLM, data: torch.Tensor, steps: int, mask_id: int, n_o
     `mask_tokens` (80/10/10)."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    opt, schedule = _optimizer(model, lr, steps)
-    losses = []
-    model.train()
-    for step in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         x, _ = get_batch(data, batch_size, model.cfg.max_len, generator)
         inputs, targets = mask_tokens(x, mask_id, n_ordinary, generator=generator)
-        _, loss = model(inputs.to(device), targets=targets.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        if step % log_every == 0 or step == steps - 1:
-            losses.append((step + 1, loss.item()))
-    model.eval()
-    return losses
+        return model(inputs.to(device), targets=targets.to(device))[1]
+
+    return _fit(model, batch_loss, steps, lr, log_every)
 
 
 @torch.no_grad()

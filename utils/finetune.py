@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -318,6 +318,17 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 UNFINISHED = "\u2026"   # shown after an answer that was stopped before its <|end|>
+
+
+def majority_baseline(train: Sequence[Instruction], test: Sequence[Instruction]) -> dict[str, float]:
+    """Exact match of always giving each task's most common training answer: the score an
+    instruction-tuned model must beat to show it learned more than the likeliest answer."""
+    scores = {}
+    for task in sorted({e.task for e in test}):
+        common = Counter(e.response for e in train if e.task == task).most_common(1)[0][0]
+        references = [e.response for e in test if e.task == task]
+        scores[task] = exact_match([common] * len(references), references)
+    return scores
 
 
 def evaluate_instructions(model: nn.Module, tokenizer: ChatTokenizer,

@@ -255,14 +255,3 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     check_qkv(q, k, v, causal)
     check_block_size(block_size)
     return FlashAttention.apply(q, k, v, causal, block_size)
-
-
-def __getattr__(name: str):
-    """`from utils.tiled_attention import ring_attention` (or sliding_window_attention) also
-    works: those live in utils.ring_attention, which imports this module, so they are looked up
-    on first use rather than imported at the top (that would be a circular import)."""
-    if name in ("ring_attention", "format_ring_trace", "sliding_window_attention",
-                "sliding_window_mask"):
-        from utils import ring_attention
-        return getattr(ring_attention, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
