@@ -98,7 +98,14 @@ class Lab:
         """Open a copy of a repository notebook, run all its cells, return the Page."""
         self._count += 1
         name = f"{self._count:02d}_{Path(path).name}"
-        shutil.copy(path, self.server.root / name)
+        # Without its stored outputs: every prompt then reads [ ] until this run reaches it, so
+        # "all cells show a number" really means this run finished (stored execution counts
+        # would make a slow run look finished at once).
+        notebook = json.loads(Path(path).read_text(encoding="utf-8"))
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+        (self.server.root / name).write_text(json.dumps(notebook), encoding="utf-8")
         return self._open_and_run(name, timeout_s)
 
     def run_cells(self, sources: list[str], timeout_s: float = 420) -> object:
