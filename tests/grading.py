@@ -38,3 +38,18 @@ def assert_not_attempted(grader: Callable[..., bool], *answers: Any) -> None:
 def stub(*args: Any, **kwargs: Any) -> Any:
     """What an untouched exercise function does."""
     raise NotImplementedError
+
+
+def right_on_first_call_only(right: Callable[..., Any], wrong: Callable[..., Any]) -> Callable[..., Any]:
+    """A wrong answer that is right on the grader's first case and wrong on every later one.
+
+    A grader whose cases were thinned to the first hand-picked one would accept it, so every
+    grader test holds one of these: deleting cases from a grader makes a test fail."""
+    calls = []
+
+    def answer(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return (right if len(calls) == 1 else wrong)(*args, **kwargs)
+
+    answer.__name__ = getattr(right, "__name__", "answer")
+    return answer

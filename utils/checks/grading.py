@@ -241,3 +241,41 @@ def _short(value: Any, limit: int = 120) -> str:
     else:
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _CallRecorder(torch.overrides.TorchFunctionMode):
+    """Notes every torch function called while active, with the shapes it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Callable[..., Any], tuple[tuple[int, ...], ...]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        shapes = tuple(tuple(o.shape) for o in outputs if isinstance(o, torch.Tensor))
+        self.calls.append((func, shapes))
+        return result
+
+
+def torch_calls(fn: Callable[..., Any], *args: Any) -> list[tuple[Callable[..., Any], tuple]]:
+    """Call `fn(*args)` (through `attempt`) and return every torch function it used, each with
+    the shapes of the tensors it returned: `[(torch.nn.functional.layer_norm, ((2, 8),)), ...]`.
+
+    This is how a grader sees a forbidden shortcut whichever way it was spelled
+    (`F.layer_norm`, `torch.nn.functional.layer_norm`, `nn.LayerNorm(...)(x)` all reach the same
+    function), or an intermediate an exercise rules out (a weight-sized `W + B @ A`)."""
+    recorder = _CallRecorder()
+    with recorder:
+        attempt(fn, *args)
+    return recorder.calls
+
+
+def forbid_calls(fn: Callable[..., Any], args: tuple, forbidden: dict[Callable[..., Any], str]) -> None:
+    """Raise a hint if `fn(*args)` calls any function in `forbidden` (function -> what the
+    exercise asks for instead)."""
+    for func, _ in torch_calls(fn, *args):
+        if func in forbidden:
+            name = f"{getattr(func, '__module__', 'torch')}.{func.__name__}".replace(
+                "torch.nn.functional", "F")
+            raise Hint(f"it calls `{name}`, which this exercise rules out: {forbidden[func]}")
