@@ -167,3 +167,36 @@ def test_expect_tensor_names_what_was_wrong():
         expect_tensor([[1.0, 2.0]], (1, 2), "x")
     with pytest.raises(Hint, match=r"expected shape \(2, 3\), got \(3, 2\)"):
         expect_tensor(torch.ones(3, 2), (2, 3), "x")
+
+
+# ---- seeing which torch functions an answer calls ---------------------------------------
+
+
+def test_torch_calls_sees_a_forbidden_function_however_it_is_spelled():
+    import torch.nn.functional as F
+
+    from utils.checks.grading import Hint, forbid_calls, torch_calls
+
+    x = torch.randn(2, 8)
+    spellings = [lambda x: F.layer_norm(x, (8,)),
+                 lambda x: torch.nn.functional.layer_norm(x, (8,)),
+                 lambda x: torch.nn.LayerNorm(8)(x)]
+    for answer in spellings:
+        assert F.layer_norm in [func for func, _ in torch_calls(answer, x)]
+        with pytest.raises(Hint, match="layer_norm"):
+            forbid_calls(answer, (x,), {F.layer_norm: "compute mean and variance yourself"})
+
+    def by_hand(x):
+        mean = x.mean(-1, keepdim=True)
+        return (x - mean) / (x.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+    forbid_calls(by_hand, (x,), {F.layer_norm: "compute mean and variance yourself"})
+
+
+def test_torch_calls_records_result_shapes():
+    from utils.checks.grading import torch_calls
+
+    W, B, A = torch.randn(6, 4), torch.randn(6, 2), torch.randn(2, 4)
+    merged = torch_calls(lambda x: x @ (W + B @ A).T, torch.randn(3, 4))
+    factored = torch_calls(lambda x: (x @ A.T) @ B.T + x @ W.T, torch.randn(3, 4))
+    assert ((6, 4),) in [shapes for _, shapes in merged]
+    assert ((6, 4),) not in [shapes for _, shapes in factored]
