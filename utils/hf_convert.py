@@ -22,7 +22,10 @@ the rest of the course does not need it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -176,25 +179,64 @@ def gpt_from_hf(hf_model) -> GPT:
     return model.to(next(hf_model.parameters()).dtype).eval()
 
 
+class HubUnavailable(OSError):
+    """A model name could not be loaded: the Hub is not reachable and no copy is cached."""
+
+
 def gpt_from_hf_pretrained(name_or_path: str, **kwargs) -> GPT:
     """`transformers.AutoModelForCausalLM.from_pretrained(name_or_path)`, converted to our GPT.
 
-    A name like "gpt2" is fetched from the Hugging Face Hub (internet, or its local cache); a
-    folder written by `save_pretrained` loads offline. Raises OSError when neither works.
+    A folder written by `save_pretrained` loads as it is. A name like "gpt2" is fetched from
+    the Hugging Face Hub, or read from its local cache when the Hub does not answer (see
+    `hub_offline_unless_reachable`); when neither works it raises `HubUnavailable` (an
+    OSError) within seconds, with one message that says so.
     """
     from transformers import AutoModelForCausalLM
-    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if os.path.isdir(name_or_path):
+        return gpt_from_hf(AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
+    with hub_offline_unless_reachable() as online:
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        except OSError:
+            if online:
+                raise
+            cache = kwargs.get("cache_dir") or "the default Hugging Face cache"
+            raise HubUnavailable(
+                f"cannot load {name_or_path!r}: it is not a folder, the Hugging Face Hub is not "
+                f"reachable (or HF_HUB_OFFLINE is set) and {cache} holds no copy") from None
     return gpt_from_hf(hf_model)
 
 
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """True when the Hugging Face Hub answers on port 443 within `timeout` seconds.
-
-    `from_pretrained` retries for half a minute before giving up offline; asking first lets
-    a notebook go straight to the cache (`local_files_only=True`) instead.
-    """
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """True when the Hugging Face Hub answers on port 443 within `timeout` seconds."""
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
     except OSError:
         return False
+
+
+def _offline_requested() -> bool:
+    from huggingface_hub import constants
+    set_in_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return constants.HF_HUB_OFFLINE or set_in_env
+
+
+@contextlib.contextmanager
+def hub_offline_unless_reachable(timeout: float = 2.0) -> Iterator[bool]:
+    """Inside this block `transformers` uses the Hub only if it answers; yields True if it does.
+
+    Offline, `from_pretrained` retries for half a minute (even with `local_files_only=True`,
+    for the adapter file it looks up first) and prints a line for every retry. So we ask once,
+    with a short timeout, and when the Hub does not answer (or HF_HUB_OFFLINE=1 is set) switch
+    on huggingface_hub's offline mode for the block: every load then goes straight to the
+    local cache and fails at once, quietly, if the files are not there.
+    """
+    from huggingface_hub import constants
+    was_offline = constants.HF_HUB_OFFLINE
+    online = not _offline_requested() and hub_reachable(timeout=timeout)
+    constants.HF_HUB_OFFLINE = not online
+    try:
+        yield online
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline
