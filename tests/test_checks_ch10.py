@@ -3,7 +3,14 @@
 import torch
 import torch.nn.functional as F
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+    verdict,
+)
 from utils import finetune, lora
 from utils.checks import ch10 as check
 from utils.model import GPT, GPTConfig
@@ -18,10 +25,33 @@ def lora_forward(x, weight, bias, A, B, alpha, rank):
 def test_lora_forward_accepts_solutions():
     assert_accepts(check.lora_forward, lora_forward)
     assert_accepts(check.lora_forward, lambda x, W, b, A, B, alpha, rank:
-                   F.linear(x, W + alpha / rank * B @ A, b))            # merged first: also right
-    assert_accepts(check.lora_forward, lambda x, W, b, A, B, alpha, rank:
                    lora.lora_forward(x, W, b, A, B, alpha / rank))
+    assert_accepts(check.lora_forward, lambda x, W, b, A, B, alpha, rank:   # scaled A first
+                   F.linear(x, W, b) + F.linear(x @ (alpha / rank * A).T, B))
     assert_not_attempted(check.lora_forward, stub)
+
+
+def test_lora_forward_rejects_forming_the_update_matrix():
+    """Right numbers, but the exercise rules out forming B A, however it is spelled."""
+    formed = {
+        "x @ (W + B A).T": lambda x, W, b, A, B, alpha, rank: x @ (W + alpha / rank * B @ A).T + b,
+        "F.linear(x, W + B A)": lambda x, W, b, A, B, alpha, rank:
+            F.linear(x, W + alpha / rank * B @ A, b),
+        "addmm": lambda x, W, b, A, B, alpha, rank:
+            F.linear(x, torch.addmm(W, B, A, alpha=alpha / rank), b),
+        "(B A)ᵀ = Aᵀ Bᵀ": lambda x, W, b, A, B, alpha, rank:
+            x @ W.T + b + alpha / rank * (x @ (A.T @ B.T)),
+        "einsum": lambda x, W, b, A, B, alpha, rank:
+            F.linear(x, W, b) + alpha / rank * x @ torch.einsum("or,ri->oi", B, A).T,
+    }
+    for spelling, answer in formed.items():
+        hint = assert_rejects(check.lora_forward, answer)
+        assert "rules out" in hint and "A first" in hint, spelling
+
+
+def test_lora_forward_rejects_a_list():
+    as_list = lambda *a: lora_forward(*a).tolist()  # noqa: E731
+    assert "expected a torch tensor, got list" in assert_rejects(check.lora_forward, as_list)
 
 
 def test_lora_forward_rejects_classic_mistakes():
@@ -69,6 +99,11 @@ def test_merge_accepts_solutions():
     assert_not_attempted(check.merge, stub)
 
 
+def test_merge_rejects_a_list():
+    as_list = lambda *a: merge(*a).tolist()  # noqa: E731
+    assert "expected a torch tensor, got list" in assert_rejects(check.merge, as_list)
+
+
 def test_merge_rejects_classic_mistakes():
     transposed = lambda W, A, B, alpha, rank: W + alpha / rank * (A.T @ B.T)  # noqa: E731
     assert "transposed" in assert_rejects(check.merge, transposed)
@@ -106,6 +141,20 @@ def test_count_accepts_solutions():
     assert_accepts(check.count_lora_parameters, lambda shapes, rank: float(
         sum(rank * sum(shape) for shape in shapes)))
     assert_not_attempted(check.count_lora_parameters, stub)
+
+
+def test_count_uses_the_learners_function_on_the_exercises_layouts():
+    """The exercise's "then use it" happens in the verdict, with the learner's own function."""
+    accepted, text = verdict(check.count_lora_parameters, count_lora_parameters)
+    assert accepted, text
+    ours = 6 * (lora.lora_parameter_count(128, 384, 8) + lora.lora_parameter_count(128, 128, 8))
+    seven_b = 4 * 32 * lora.lora_parameter_count(4096, 4096, 16)
+    assert f"{ours:,}" in text and f"{seven_b:,}" in text
+
+
+def test_count_rejects_a_list():
+    per_layer = lambda shapes, r: [r * (o + i) for o, i in shapes]  # noqa: E731
+    assert "should be a number, got list" in assert_rejects(check.count_lora_parameters, per_layer)
 
 
 def test_count_reference_matches_the_library_on_a_real_model():
@@ -173,6 +222,13 @@ def test_response_loss_accepts_solutions():
     assert_not_attempted(check.response_loss, stub)
 
 
+def test_response_loss_rejects_a_number_or_a_list():
+    as_float = lambda *a: response_loss(*a).item()  # noqa: E731
+    assert "no gradient" in assert_rejects(check.response_loss, as_float)
+    as_list = lambda *a: [response_loss(*a).item()]  # noqa: E731
+    assert "not a list" in assert_rejects(check.response_loss, as_list)
+
+
 def test_response_loss_rejects_classic_mistakes():
     with_prompt = lambda *a: _mask_loss(*a, first=-10**6)  # noqa: E731
     assert "prompt tokens were averaged in" in assert_rejects(check.response_loss, with_prompt)
@@ -232,6 +288,14 @@ def test_dpo_accepts_solutions():
     assert_not_attempted(check.dpo_loss, stub)
 
 
+def test_dpo_rejects_a_number_or_a_list():
+    as_float = lambda *a: dpo_loss(*a).item()  # noqa: E731
+    assert "no gradient" in assert_rejects(check.dpo_loss, as_float)
+    per_pair_list = lambda pc, pr, rc, rr, beta: (  # noqa: E731
+        -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))).tolist()
+    assert "not a list" in assert_rejects(check.dpo_loss, per_pair_list)
+
+
 def test_dpo_rejects_classic_mistakes():
     def margin(pc, pr, rc, rr):
         return (pc - rc) - (pr - rr)
@@ -264,3 +328,34 @@ def test_lora_forward_rejects_flattening_with_view():
         out = lora_forward(flat, weight, bias, A, B, alpha, rank)
         return out.view(*x.shape[:-1], -1)
     assert_rejects(check.lora_forward, flattened)
+
+
+# ---- every grader: more than its first case ---------------------------------------------------
+# Each wrong answer below is right on the grader's first hand-picked case and wrong on every
+# later one, so a grader thinned to that first case would accept it.
+
+
+def test_lora_forward_checks_more_than_its_first_case():
+    no_scaling = lambda x, W, b, A, B, alpha, rank: x @ W.T + b + x @ A.T @ B.T  # noqa: E731
+    assert_rejects(check.lora_forward, right_on_first_call_only(lora_forward, no_scaling))
+
+
+def test_merge_checks_more_than_its_first_case():
+    no_scaling = lambda W, A, B, alpha, rank: W + B @ A  # noqa: E731
+    assert_rejects(check.merge, right_on_first_call_only(merge, no_scaling))
+
+
+def test_count_checks_more_than_its_first_case():
+    only_a = lambda shapes, r: sum(r * i for o, i in shapes)  # noqa: E731
+    assert_rejects(check.count_lora_parameters,
+                   right_on_first_call_only(count_lora_parameters, only_a))
+
+
+def test_response_loss_checks_more_than_its_first_case():
+    summed = lambda *a: _mask_loss(*a, reduce="sum")  # noqa: E731
+    assert_rejects(check.response_loss, right_on_first_call_only(response_loss, summed))
+
+
+def test_dpo_checks_more_than_its_first_case():
+    no_beta = lambda pc, pr, rc, rr, beta: -F.logsigmoid((pc - rc) - (pr - rr)).mean()  # noqa: E731
+    assert_rejects(check.dpo_loss, right_on_first_call_only(dpo_loss, no_beta))

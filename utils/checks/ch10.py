@@ -21,6 +21,7 @@ from utils.checks.grading import (
     expect_tensor,
     grader,
     seeded_cases,
+    torch_calls,
 )
 
 
@@ -76,6 +77,33 @@ def _diagnose_forward(got, expected, x, W, b, A, B, alpha, rank) -> str | None:
     return None
 
 
+# Operations that only look at a tensor again (a view, a copy, another dtype): `weight.T` or
+# `weight.clone()` has the weight's shape without forming anything new.
+_VIEWS_AND_COPIES = {"__get__", "t", "transpose", "permute", "mT", "adjoint", "swapaxes",
+                     "swapdims", "movedim", "contiguous", "clone", "detach", "to", "float",
+                     "double", "type_as", "view", "view_as", "reshape", "reshape_as", "cpu"}
+
+
+def _refuse_weight_sized_update(fn, args) -> None:
+    """The exercise rules out forming B A (or W + B A): on this non-square case, any computed
+    tensor of shape [out, in] or [in, out] can only be that matrix (or its transpose), since x
+    has more dimensions and its flattened rows number neither in nor out."""
+    x, weight = args[0], args[1]
+    n_out, n_in = weight.shape
+    for func, shapes in torch_calls(fn, *args):
+        name = getattr(func, "__name__", "")
+        formed = next((s for s in shapes if s in {(n_out, n_in), (n_in, n_out)}), None)
+        if name not in _VIEWS_AND_COPIES and formed:
+            raise Hint(f"the answer is right, but on x {tuple(x.shape)}, weight {tuple(weight.shape)} "
+                       f"it builds a {formed[0]} × {formed[1]} matrix (`{name}`): that is B A, its "
+                       "transpose, or W + B A, which this exercise rules out. In a real layer "
+                       "that matrix is as big as the weight (d_out · d_in numbers, "
+                       "d_out · d_in · r multiplications to build) and "
+                       "training would rebuild it at every step; send x through the two thin "
+                       "matrices instead, A first (in → r), then B (r → out): (x Aᵀ) Bᵀ, "
+                       "r · (in + out) multiplications per row")
+
+
 @grader
 def lora_forward(fn):
     """Exercise 1: lora_forward(x, weight, bias, A, B, alpha, rank) -> x Wᵀ + b + (alpha/r) x Aᵀ Bᵀ."""
@@ -110,6 +138,7 @@ def lora_forward(fn):
 
     compare_with_reference(fn, reference_lora_forward, cases, compare, "lora_forward",
                            diagnose=_diagnose_forward)
+    _refuse_weight_sized_update(fn, case(rng, 12, 20, 3, 6, lead=(3, 5)))
     return ("The frozen layer and a rank-r detour, scaled by alpha/r: two thin products, and "
             "B A is never formed.")
 
@@ -232,7 +261,22 @@ def count_lora_parameters(fn):
 
     compare_with_reference(fn, reference_count, cases, compare, "count_lora_parameters",
                            diagnose=_diagnose_count)
-    return "r · (in + out) per layer: linear in the width, where full fine-tuning is quadratic."
+    # the exercise's two layouts, counted with the learner's own (now checked) function
+    ours_r8, llama_r16 = fn(ours, 8), fn([(4096, 4096)] * 4 * 32, 16)
+    return (f"r · (in + out) per layer: linear in the width, where the layer is quadratic. With "
+            f"your function: our qkv and proj at rank 8 train {ours_r8:,.0f} numbers "
+            f"({ours_r8 / 1_216_000:.1%} of our 1,216,000 parameters); a 7B model's four "
+            f"4096 × 4096 attention matrices in 32 blocks at rank 16 train {llama_r16:,.0f} "
+            f"({llama_r16 / 6.74e9:.2%} of its 6.74 billion).")
+
+
+def _expect_loss_tensor(got, what: str) -> None:
+    """A loss must stay a tensor: a Python number (`.item()`, `float(...)`) or a list has no
+    gradient, so `loss.backward()` could not train anything with it."""
+    if not isinstance(got, torch.Tensor):
+        raise Hint(f"{what}: return a 0-d torch tensor, not a {type(got).__name__}; a Python "
+                   "number or list has no gradient, so loss.backward() could not train with it "
+                   "(drop the .item() / float() / .tolist())")
 
 
 # ---- exercise 4: the loss on response tokens only --------------------------------------------
@@ -335,10 +379,10 @@ def response_loss(fn):
     cases += seeded_cases(make, 20, seed=401)
 
     def compare(got, expected, what):
-        if isinstance(got, torch.Tensor) and got.numel() != 1:
+        _expect_loss_tensor(got, what)
+        if got.numel() != 1:
             raise Hint(f"{what}: return one number (a 0-d tensor), got shape {tuple(got.shape)}")
-        expect_close(got.reshape(()) if isinstance(got, torch.Tensor) else got, expected, what,
-                     atol=1e-4, rtol=1e-4)
+        expect_close(got.reshape(()), expected, what, atol=1e-4, rtol=1e-4)
 
     compare_with_reference(fn, reference_response_loss, cases, compare, "response_loss",
                            diagnose=_diagnose_response_loss)
@@ -409,11 +453,11 @@ def dpo_loss(fn):
     cases += seeded_cases(make, 25, seed=501)
 
     def compare(got, expected, what):
-        if isinstance(got, torch.Tensor) and got.numel() != 1:
+        _expect_loss_tensor(got, what)
+        if got.numel() != 1:
             raise Hint(f"{what}: return one number, the mean over the batch (got shape "
                        f"{tuple(got.shape)})")
-        expect_close(got.reshape(()) if isinstance(got, torch.Tensor) else got, expected, what,
-                     atol=1e-5, rtol=1e-4)
+        expect_close(got.reshape(()), expected, what, atol=1e-5, rtol=1e-4)
 
     compare_with_reference(fn, reference_dpo_loss, cases, compare, "dpo_loss",
                            diagnose=_diagnose_dpo)
