@@ -1,6 +1,7 @@
-"""utils.speculative: greedy speculative decoding writes the target's own greedy text; with
-sampling, the tokens follow the target's distribution (checked by a chi-square test); the
-caches are rolled back after rejections; bad arguments are named."""
+"""utils.speculative: greedy speculative decoding writes the target's own greedy text, with a
+draft model or with prompt lookup; with sampling, the tokens follow the target's distribution
+(checked by a chi-square test); the caches are rolled back after rejections; the acceptance
+rate counts only the proposals the target checked; bad arguments are named."""
 
 import itertools
 import math
@@ -13,9 +14,12 @@ from utils.generation import generate
 from utils.model import GPT, GPTConfig
 from utils.speculative import (
     _accept_or_resample,
+    _speculate,
     crop_cache,
     expected_speedup,
     expected_tokens_per_round,
+    lookup_proposals,
+    prompt_lookup_generate,
     speculative_generate,
 )
 
@@ -95,7 +99,36 @@ def test_stats_add_up(pair):
     assert stats["draft_calls"] == stats["proposed"]          # one draft pass per proposal
     # each round writes its accepted proposals and one token of the target's own
     assert stats["accepted"] + stats["rounds"] == 14
-    assert stats["acceptance_rate"] == pytest.approx(stats["accepted"] / stats["proposed"])
+    # a round stops at its first rejection: at most one checked-and-rejected proposal per round
+    assert stats["accepted"] <= stats["checked"] <= stats["proposed"]
+    assert stats["checked"] - stats["accepted"] <= stats["rounds"]
+    assert stats["acceptance_rate"] == pytest.approx(stats["accepted"] / stats["checked"])
+
+
+class ScriptedDraft:
+    """Proposes the target's next greedy token, then k - 1 wrong ones: every round accepts
+    one proposal and rejects the second, so the third and later are never checked."""
+
+    def __init__(self, reference: list[int], vocab: int) -> None:
+        self.reference, self.vocab = reference, vocab
+
+    def propose(self, idx, n, temperature, generator):
+        right = self.reference[idx.size(1):idx.size(1) + n]
+        return right[:1] + [(t + 1) % self.vocab for t in right[1:]], []
+
+
+def test_acceptance_counts_only_the_proposals_that_were_checked(pair):
+    target, _ = pair
+    idx = torch.tensor([[2, 5]])
+    reference = generate(target, idx, 12, temperature=0)
+    got, stats = _speculate(target, ScriptedDraft(reference[0].tolist(), 23), idx, 12, 4,
+                            0.0, None)
+    assert torch.equal(got, reference)
+    # 6 rounds of 2 tokens (1 accepted + the target's correction); near the end fewer
+    # proposals fit: 4, 4, 4, 4, 3, then 1 (which is accepted, so nothing is rejected)
+    assert stats["rounds"] == 6 and stats["accepted"] == 6
+    assert stats["proposed"] == 4 * 4 + 3 + 1 and stats["checked"] == 5 * 2 + 1
+    assert stats["acceptance_rate"] == pytest.approx(6 / 11)     # not accepted / proposed
 
 
 def test_zero_new_tokens_returns_the_prompt(pair):
@@ -271,3 +304,105 @@ def test_expected_tokens_per_round_matches_a_simulation():
     assert expected_speedup(a, k, cost_ratio=0.0) == pytest.approx(expected_tokens_per_round(a, k))
     with pytest.raises(ValueError, match="acceptance"):
         expected_tokens_per_round(1.5, 4)
+
+
+def test_measured_acceptance_among_checked_proposals_predicts_tokens_per_round():
+    # Rounds simulated with independent acceptances: the rate among checked proposals
+    # recovers alpha, the rate among all proposals (accepted / proposed) underestimates it.
+    g = torch.Generator().manual_seed(1)
+    a, k, rounds = 0.7, 6, 20000
+    run = (torch.rand(rounds, k, generator=g) < a).int().cumprod(dim=1).sum(dim=1)   # accepted
+    checked = run + (run < k).int()
+    alpha = float(run.sum() / checked.sum())
+    per_round = float(run.float().mean()) + 1
+    assert alpha == pytest.approx(a, abs=0.01)
+    assert expected_tokens_per_round(alpha, k) == pytest.approx(per_round, rel=0.02)
+    assert float(run.sum()) / (rounds * k) < 0.5 * a
+
+
+# ---- prompt lookup: the text itself is the draft ---------------------------------------------
+
+def test_lookup_proposals_copy_what_followed_the_latest_match():
+    text = [1, 2, 9, 9, 1, 2, 7, 8, 3, 1, 2]
+    assert lookup_proposals(text, ngram=2, k=3) == [7, 8, 3]      # latest match, not [9, 9, 1]
+    assert lookup_proposals(text, ngram=2, k=1) == [7]
+    assert lookup_proposals(text, ngram=3, k=3) == []            # "3 1 2" never occurred before
+    assert lookup_proposals(text, ngram=1, k=2) == [7, 8]
+    # the copy reaches the present and goes on copying itself: "1 2 7 8 3" repeats
+    assert lookup_proposals(text, ngram=2, k=9) == [7, 8, 3, 1, 2, 7, 8, 3, 1]
+    assert lookup_proposals([4, 4, 4], ngram=2, k=4) == [4, 4, 4, 4]   # overlapping match
+    assert lookup_proposals([4], ngram=1, k=4) == []              # too short to repeat
+    assert lookup_proposals([1, 2], ngram=5, k=4) == []
+
+
+def looping_target(vocab: int = 23, block: int = 64) -> GPT:
+    """A target whose greedy text soon repeats itself (the weights of a trained model are not
+    needed for that: an untrained one with large weights falls into a cycle)."""
+    return make_model(2, seed=3, vocab=vocab, block=block, scale=6.0)
+
+
+@pytest.mark.parametrize("ngram,k", [(1, 1), (1, 4), (2, 3), (3, 8), (5, 2)])
+def test_prompt_lookup_writes_the_targets_greedy_text(ngram, k):
+    target = make_model(3, seed=0)
+    accepted = 0
+    for prompt in ([1, 2, 3, 1, 2], [7], [5, 5, 5, 5], list(range(20))):   # 20 > block_size 16
+        idx = torch.tensor([prompt])
+        expected = generate(target, idx, 25, temperature=0)
+        got, stats = prompt_lookup_generate(target, idx, 25, k=k, ngram=ngram)
+        assert torch.equal(got, expected), (ngram, k, prompt)
+        assert stats["draft_calls"] == 0 and stats["target_calls"] == stats["rounds"]
+        assert stats["accepted"] + stats["rounds"] == 25
+        assert stats["checked"] <= stats["proposed"] <= k * stats["rounds"]
+        accepted += stats["accepted"]
+    assert accepted > 0                          # the accepting path was exercised
+
+
+def test_prompt_lookup_without_any_match_is_plain_decoding():
+    target = make_model(3, seed=0, vocab=40, block=64)
+    idx = torch.arange(30)[None]                  # 30 distinct tokens: no 3-gram repeats yet
+    expected = generate(target, idx, 2, temperature=0)
+    got, stats = prompt_lookup_generate(target, idx, 2, k=4, ngram=3)
+    assert torch.equal(got, expected)
+    # round 1 finds no match; round 2 has room for the target's own token only
+    assert stats["proposed"] == 0 and stats["rounds"] == 2 and stats["rounds_without_match"] == 1
+    got, stats = prompt_lookup_generate(target, idx, 6, k=4, ngram=40)   # longer than the text
+    assert torch.equal(got, generate(target, idx, 6, temperature=0))
+    assert stats["proposed"] == 0 and stats["target_calls"] == 6
+    assert stats["rounds_without_match"] == 5     # the last round may propose nothing anyway
+    assert stats["acceptance_rate"] == 0.0
+
+
+def test_prompt_lookup_pays_when_the_text_repeats():
+    target = looping_target()
+    idx = torch.tensor([[3, 1, 4]])          # its greedy text soon settles into 0 0 0 ...
+    expected = generate(target, idx, 50, temperature=0)
+    got, stats = prompt_lookup_generate(target, idx, 50, k=6, ngram=2)
+    assert torch.equal(got, expected)
+    assert stats["acceptance_rate"] > 0.8 and stats["tokens_per_round"] > 2.5
+
+
+def test_prompt_lookup_bad_arguments_are_named(pair):
+    target, _ = pair
+    idx = torch.tensor([[1, 2]])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="ngram"):
+            prompt_lookup_generate(target, idx, 5, ngram=bad)
+        with pytest.raises(ValueError, match="k "):
+            prompt_lookup_generate(target, idx, 5, k=bad)
+    with pytest.raises(ValueError, match=r"\[1, T\]"):
+        prompt_lookup_generate(target, idx.repeat(2, 1), 5)
+
+
+def test_prompt_lookup_sampling_follows_the_targets_distribution():
+    target = make_model(2, seed=10, vocab=VOCAB, block=8, scale=3.0)
+    prompt, temperature = [0, 2, 0], 0.9
+    g = torch.Generator().manual_seed(0)
+    counts, accepted, checked = {}, 0, 0
+    for _ in range(SAMPLES):
+        out, stats = prompt_lookup_generate(target, torch.tensor([prompt]), NEW, k=2, ngram=1,
+                                            temperature=temperature, generator=g)
+        seq = tuple(out[0, len(prompt):].tolist())
+        counts[seq] = counts.get(seq, 0) + 1
+        accepted, checked = accepted + stats["accepted"], checked + stats["checked"]
+    assert not chi_square_rejects(counts, sequence_probs(target, prompt, temperature))
+    assert 0.1 < accepted / checked < 0.95         # both accept and resample were used

@@ -24,8 +24,13 @@ context window slides (as in `utils.generation.generate`): every position shifts
 cannot be reused, and each position is scored from its own window of the last block_size
 tokens, which is slower but gives the same tokens.
 
+The draft need not be a model. Prompt lookup (`prompt_lookup_generate`) proposes what followed
+the last few tokens the previous time they occurred in the text: free to compute, and right
+whenever the text repeats itself. The target checks its proposals in the same way.
+
     idx, stats = speculative_generate(target, draft, idx, 200, k=4)
-    stats["acceptance_rate"]      # fraction of proposals the target kept
+    stats["acceptance_rate"]      # fraction of the checked proposals the target kept
+    idx, stats = prompt_lookup_generate(target, idx, 200, k=8, ngram=3)
 """
 
 from __future__ import annotations
@@ -93,16 +98,90 @@ class _Scorer:
 def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4,
                          temperature: float = 0.0, generator: torch.Generator | None = None
                          ) -> tuple[torch.Tensor, dict]:
-    """Append `max_new_tokens` tokens to idx [1, T], the draft proposing k at a time.
+    """Append `max_new_tokens` tokens to idx [1, T], the draft model proposing k at a time.
 
-    Returns (idx [1, T + max_new_tokens], stats) with stats: proposed, accepted,
-    acceptance_rate (accepted / proposed), rounds, target_calls, draft_calls and
-    tokens_per_round (new tokens per target pass; plain decoding has 1).
+    Returns (idx [1, T + max_new_tokens], stats) with stats: proposed, checked (the proposals
+    the target actually judged: a round stops at its first rejection, so the proposals after
+    it are never checked), accepted, acceptance_rate (accepted / checked: the α of
+    `expected_tokens_per_round`), rounds, target_calls, draft_calls and tokens_per_round (new
+    tokens per target pass; plain decoding has 1).
 
     temperature=0: exactly `generate(target, idx, max_new_tokens, temperature=0)`.
     temperature>0: the tokens follow the target's distribution softmax(logits / temperature);
     `generator` (a seeded torch.Generator) makes the draws repeatable.
     """
+    if target.config.vocab_size != draft.config.vocab_size:
+        raise ValueError(f"draft: its vocab_size ({draft.config.vocab_size}) differs from the "
+                         f"target's ({target.config.vocab_size}); the draft must use the "
+                         "target's tokenizer")
+    small = _Scorer(draft)
+    mode = draft.training
+    draft.eval()
+    try:
+        idx, stats = _speculate(target, _ModelDraft(small), idx, max_new_tokens, k,
+                                temperature, generator)
+    finally:
+        draft.train(mode)
+    stats["draft_calls"] = small.calls
+    return idx, stats
+
+
+@torch.no_grad()
+def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, k: int = 8,
+                           ngram: int = 3, temperature: float = 0.0,
+                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Speculative decoding whose draft is the text itself (prompt lookup, n-gram drafting).
+
+    Each round looks up the latest earlier occurrence of the last `ngram` tokens of the text
+    and proposes the k tokens that followed it there (`lookup_proposals`); the target
+    checks them in one pass over its KV cache, exactly as for a draft model. Where the last
+    `ngram` tokens never occurred before, the round is a plain decoding step. The draft costs
+    no forward pass at all, so it pays whenever the text repeats itself: a continuation that
+    quotes the prompt, code that reuses names, a greedy generation caught in a loop.
+
+    Same guarantees and stats as `speculative_generate` (draft_calls is 0), plus
+    rounds_without_match. temperature>0 works too: the lookup is a draft whose distribution
+    puts all its mass on the proposed token, so the accept/reject rule keeps the target's
+    distribution exactly.
+    """
+    if isinstance(ngram, bool) or not isinstance(ngram, numbers.Integral) or ngram < 1:
+        raise ValueError(f"ngram (tokens matched to find a proposal) must be an int >= 1, "
+                         f"got {ngram!r}")
+    draft = _LookupDraft(ngram, target.config.vocab_size)
+    idx, stats = _speculate(target, draft, idx, max_new_tokens, k, temperature, generator)
+    stats["draft_calls"], stats["rounds_without_match"] = 0, draft.misses
+    return idx, stats
+
+
+def lookup_proposals(tokens: list[int], ngram: int, k: int) -> list[int]:
+    """The k tokens that followed the latest earlier occurrence of the last `ngram` tokens of
+    `tokens`; [] when they never occurred before (or the text is too short).
+
+    >>> lookup_proposals([5, 6, 7, 1, 2, 5, 6], ngram=2, k=3)     # ...5 6 | 7 1 2 ... 5 6
+    [7, 1, 2]
+    >>> lookup_proposals([1, 2, 3, 4], ngram=2, k=3)
+    []
+
+    When the copy runs into the present, it goes on copying what it has just proposed: text
+    that repeats with period p goes on repeating (as an LZ77 copy may overlap itself).
+
+    >>> lookup_proposals([0, 1, 2, 1, 2], ngram=2, k=5)          # 1 2 | 1 2 -> 1 2 1 2 1
+    [1, 2, 1, 2, 1]
+    """
+    L, tail = len(tokens), tokens[-ngram:]
+    # the latest start s < L - ngram whose n-gram equals the tail: at least one token follows
+    for s in range(L - ngram - 1, -1, -1):
+        if tokens[s:s + ngram] == tail:
+            proposals: list[int] = []
+            for pos in range(s + ngram, s + ngram + k):
+                proposals.append(tokens[pos] if pos < L else proposals[pos - L])
+            return proposals
+    return []
+
+
+def _speculate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int,
+               temperature: float, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+    """The loop shared by both drafts: propose, verify, keep, until max_new_tokens are written."""
     _check_prompt(idx)
     _check_count(max_new_tokens)
     _check_temperature(temperature)
@@ -112,48 +191,73 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
         raise ValueError(f"idx: speculative decoding writes one sequence, so idx must be "
                          f"[1, T]; got {list(idx.shape)} (each row would accept a different "
                          "number of tokens)")
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(f"draft: its vocab_size ({draft.config.vocab_size}) differs from the "
-                         f"target's ({target.config.vocab_size}); the draft must use the "
-                         "target's tokenizer")
-    modes = target.training, draft.training
-    target.eval(), draft.eval()
-    big, small = _Scorer(target), _Scorer(draft)
-    stats = {"proposed": 0, "accepted": 0, "rounds": 0}
+    mode = target.training
+    target.eval()
+    big = _Scorer(target)
+    stats = {"proposed": 0, "checked": 0, "accepted": 0, "rounds": 0}
     goal = idx.size(1) + max_new_tokens
     try:
         while idx.size(1) < goal:
             # never propose more than can be kept: the target always adds one token itself
-            n = min(k, goal - idx.size(1) - 1)
-            idx, accepted = _round(big, small, idx, n, temperature, generator)
+            proposals, draft_probs = draft.propose(idx, min(k, goal - idx.size(1) - 1),
+                                                   temperature, generator)
+            idx, accepted = _verify(big, idx, proposals, draft_probs, temperature, generator)
             stats["rounds"] += 1
-            stats["proposed"] += n
+            stats["proposed"] += len(proposals)
             stats["accepted"] += accepted
+            # proposals are judged in order until the first rejection; later ones never are
+            stats["checked"] += accepted + (accepted < len(proposals))
     finally:
-        target.train(modes[0]), draft.train(modes[1])
-    stats["acceptance_rate"] = stats["accepted"] / stats["proposed"] if stats["proposed"] else 0.0
-    stats["target_calls"], stats["draft_calls"] = big.calls, small.calls
+        target.train(mode)
+    stats["acceptance_rate"] = stats["accepted"] / stats["checked"] if stats["checked"] else 0.0
+    stats["target_calls"] = big.calls
     stats["tokens_per_round"] = max_new_tokens / stats["rounds"] if stats["rounds"] else 0.0
     return idx, stats
 
 
-def _round(big: _Scorer, small: _Scorer, idx: torch.Tensor, n: int, temperature: float,
-           generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
-    """One round: the draft proposes n tokens, the target checks them and adds one.
-    Returns the longer idx and how many proposals were accepted."""
-    start = idx.size(1)
-    proposals, draft_probs = [], []                     # the tokens and q at each of them
-    for _ in range(n):
-        logits = small.next_logits(idx, 1)[0]           # [vocab]
+class _ModelDraft:
+    """A small model writes the proposals one at a time, from its own KV cache."""
+
+    def __init__(self, scorer: _Scorer) -> None:
+        self.scorer = scorer
+
+    def propose(self, idx, n, temperature, generator) -> tuple[list[int], list[torch.Tensor]]:
+        proposals, draft_probs = [], []                 # the tokens and q at each of them
+        for _ in range(n):
+            logits = self.scorer.next_logits(idx, 1)[0]     # [vocab]
+            if temperature == 0:
+                token = int(logits.argmax())
+            else:
+                q = torch.softmax(logits / temperature, -1)
+                token = int(torch.multinomial(q.cpu(), 1, generator=generator))
+                draft_probs.append(q)
+            proposals.append(token)
+            idx = torch.cat([idx, idx.new_tensor([[token]])], dim=1)
+        return proposals, draft_probs
+
+
+class _LookupDraft:
+    """Prompt lookup: copy what followed the last n-gram the previous time it occurred."""
+
+    def __init__(self, ngram: int, vocab_size: int) -> None:
+        self.ngram, self.vocab_size, self.misses = ngram, vocab_size, 0
+
+    def propose(self, idx, n, temperature, generator) -> tuple[list[int], list[torch.Tensor]]:
+        proposals = lookup_proposals(idx[0].tolist(), self.ngram, n) if n else []
+        self.misses += n > 0 and not proposals
         if temperature == 0:
-            token = int(logits.argmax())
-        else:
-            q = torch.softmax(logits / temperature, -1)
-            token = int(torch.multinomial(q.cpu(), 1, generator=generator))
-            draft_probs.append(q)
-        proposals.append(token)
-        idx = torch.cat([idx, idx.new_tensor([[token]])], dim=1)
-    # The target scores the position before the first proposal and after each: n + 1 rows.
+            return proposals, []
+        # a draft that is certain: q puts all its mass on the proposed token
+        certain = torch.eye(self.vocab_size)
+        return proposals, [certain[t] for t in proposals]
+
+
+def _verify(big: _Scorer, idx: torch.Tensor, proposals: list[int], draft_probs: list,
+            temperature: float, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+    """The target scores the position before the first proposal and after each, in ONE pass,
+    keeps the agreeing prefix and adds one token of its own. Returns (longer idx, accepted)."""
+    start, n = idx.size(1), len(proposals)
+    idx = torch.cat([idx, idx.new_tensor([proposals])], dim=1) if n else idx
     logits = big.next_logits(idx, n + 1)                # [n + 1, vocab]
     if temperature == 0:
         choices = logits.argmax(-1).tolist()            # what the target itself would write
