@@ -1,12 +1,14 @@
 """The chapter 05 calculator, driven from Python: presets, sliders, bad combinations."""
 
 import html
+import math
 import re
 
 import pytest
 
 from utils.model import GPT, GPTConfig, count_parameters
-from utils.widgets.model_calculator import PRESETS, Spec, model_calculator, model_cost
+from utils.widgets.display import placeholder_png
+from utils.widgets.model_calculator import PRESETS, Spec, cost_figure, model_calculator, model_cost
 
 
 def is_png(data: bytes) -> bool:
@@ -56,7 +58,7 @@ def test_sliders_change_picture_and_numbers():
     assert is_png(first_image) and "124M parameters" in first_text
     w.controls["n_layer"].value = 24
     assert w.image.value != first_image and "124M" not in text(w)
-    for name, value in [("d_model", 1024), ("n_head", 16), ("n_kv_head", 4), ("vocab", 32000),
+    for name, value in [("n_head", 16), ("d_model", 1024), ("n_kv_head", 4), ("vocab", 32000),
                         ("context", 4096), ("experts", 4), ("ffn", "swiglu"), ("tied", False)]:
         before_image, before_text = w.image.value, text(w)
         w.controls[name].value = value
@@ -81,20 +83,65 @@ def test_width_follows_the_rule_after_a_manual_change():
     assert "8.25B" not in text(w)
 
 
-@pytest.mark.parametrize("name, value, words", [
-    ("n_head", 7, "cannot be split"), ("n_kv_head", 5, "must divide"),
-])
-def test_impossible_combinations_show_a_message(name, value, words):
+@pytest.mark.parametrize("n_head", [1, 7, 12, 25, 96, 127, 128])
+def test_sliders_offer_only_widths_and_kv_heads_the_heads_allow(n_head):
+    """No slider position is an impossible model (12 heads: d_model steps 192, 384, ...)."""
     w = model_calculator()
-    w.controls[name].value = value
-    assert words in text(w) and "Traceback" not in w.message.value
+    w.controls["n_head"].value = n_head
+    widths, kv_heads = w.controls["d_model"].options, w.controls["n_kv_head"].options
+    assert widths and all(d % n_head == 0 and d % 64 == 0 for d in widths)
+    assert len(widths) == 16384 // math.lcm(64, n_head)              # every valid width offered
+    assert kv_heads and all(n_head % k == 0 for k in kv_heads)
+    assert w.controls["d_model"].value in widths and w.controls["n_kv_head"].value in kv_heads
+    assert "Could not" not in w.message.value and w.image.value != placeholder_png()
+
+
+def test_a_new_head_count_moves_d_model_and_says_so():
+    w = model_calculator()                                          # 768 wide, 12 heads
+    before = w.image.value
+    w.controls["n_head"].value = 7                                  # 768 is not 7 heads
+    assert w.controls["d_model"].value == 896 and w.controls["n_kv_head"].value == 7
+    assert "d_model 768 → 896" in text(w) and "parameters" in text(w)
+    assert w.image.value != before
+    w.controls["n_head"].value = 14                                 # 896 = 14 x 64: stays
+    assert w.controls["d_model"].value == 896 and "→" not in text(w)
+
+
+def test_every_preset_is_reachable_on_the_sliders():
+    w = model_calculator()
+    for name, spec in PRESETS.items():
+        w.controls["preset"].value = name
+        assert w.controls["d_model"].value == spec.d_model, name
+        assert w.controls["n_kv_head"].value == spec.n_kv_head, name
+
+
+def test_axis_and_text_use_the_units_of_the_chart():
+    spec = PRESETS["Mixtral 8x22B"]
+    left, right = cost_figure(spec, model_cost(spec)).axes
+    assert left.get_xlabel() == "parameters (billions)" and left.get_xlim()[1] < 1000
+    assert right.get_ylabel() == "memory (GiB)"
+    small = PRESETS["GPT-2 small"]
+    assert cost_figure(small, model_cost(small)).axes[0].get_xlabel() == "parameters (millions)"
+    w = model_calculator("Llama-3-8B")
+    weights_gib = model_cost(PRESETS["Llama-3-8B"])["weights_bf16"] / 2**30      # 14.96
+    assert f"Weights: {weights_gib:.3g} GiB in bf16" in text(w)
+    assert not re.search(r"\d [MGT]B\b", text(w))                     # no MB / GB next to GiB
+
+
+def test_picture_is_shown_at_its_own_size():
+    w = model_calculator()
+    assert w.image.layout.max_width == "none" and w.image.layout.align_self == "flex-start"
+    assert w.image.layout.width is None                             # no width: 100%
 
 
 def test_extreme_sliders_stay_usable():
     w = model_calculator()
     for name in ("d_model", "n_layer", "vocab", "context", "experts"):
-        for value in (w.controls[name].min, w.controls[name].max):
-            w.controls[name].value = value
+        control = w.controls[name]
+        ends = (control.options[0], control.options[-1]) if hasattr(control, "options") \
+            else (control.min, control.max)
+        for value in ends:
+            control.value = value
             assert "Could not show" not in w.message.value, (name, value)
     w.controls["n_head"].value = 1
     w.controls["n_kv_head"].value = 1

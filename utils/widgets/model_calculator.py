@@ -14,7 +14,17 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from utils.model import GPTConfig, estimate_flops_per_token, ffn_hidden_size, parameter_breakdown
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
+
+D_MODEL_STEP, D_MODEL_MAX = 64, 16384     # widths are multiples of 64 (every preset is)
 
 
 @dataclass(frozen=True)
@@ -102,21 +112,50 @@ def _count(n: float) -> str:
     return _human(n, billions="B").replace(" ", "")
 
 
-def draw(spec: Spec) -> tuple[bytes, str]:
-    cost = model_cost(spec)
+def _bytes(n: float) -> str:
+    """Memory in binary units, like the chart's axis: 2**30 bytes = 1 GiB."""
+    for size, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def valid_widths(n_head: int) -> list[int]:
+    """The d_model values the slider offers for `n_head` heads: multiples of 64 that split
+    into `n_head` equal heads.
+
+    >>> valid_widths(12)[:3]
+    [192, 384, 576]
+    """
+    return [d for d in range(D_MODEL_STEP, D_MODEL_MAX + 1, D_MODEL_STEP) if d % n_head == 0]
+
+
+def valid_kv_heads(n_head: int) -> list[int]:
+    """Key/value head counts that `n_head` query heads can share evenly (its divisors)."""
+    return [k for k in range(1, n_head + 1) if n_head % k == 0]
+
+
+def _nearest(options: list[int], value: int) -> int:
+    return min(options, key=lambda option: (abs(option - value), option))
+
+
+def cost_figure(spec: Spec, cost: dict[str, float]) -> plt.Figure:
+    """Left: the parameters by kind; right: memory in GiB at three precisions and for training."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4),
                                       gridspec_kw={"width_ratios": [1.1, 1]})
     parts = [("embeddings", cost["embedding"], "tab:green"),
              ("attention", cost["attention"], "tab:blue"),
              ("feed-forward", cost["ffn"], "tab:orange"),
              ("norms + untied output layer", cost["other"], "tab:gray")]
+    # billions once the model has a billion parameters: no axis reading "140000 millions"
+    scale, unit = (1e9, "billions") if cost["total"] >= 1e9 else (1e6, "millions")
     start = 0.0
     for name, value, colour in parts:
-        left.barh([0], [value / 1e6], left=start / 1e6, color=colour,
+        left.barh([0], [value / scale], left=start / scale, color=colour,
                   label=f"{name}: {_count(value)} ({value / cost['total']:.0%})")
         start += value
     left.set_yticks([])
-    left.set_xlabel("parameters (millions)")
+    left.set_xlabel(f"parameters ({unit})")
     left.set_title(f"{_count(cost['total'])} parameters", fontsize=10)
     left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     labels = ["weights\nfp32", "weights\nbf16", "weights\nint8", "training step\n(AdamW)"]
@@ -130,6 +169,11 @@ def draw(spec: Spec) -> tuple[bytes, str]:
     right.set_title("memory", fontsize=10)
     right.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def describe(spec: Spec, cost: dict[str, float]) -> str:
+    """The message under the picture: parameters, FLOPs per token, memory (in GiB, as drawn)."""
     moe = (f" — {_count(cost['active'])} of them used per token ({spec.top_k} of "
            f"{spec.experts} experts)" if spec.experts > 1 else "")
     attention = 4 * spec.n_layer * spec.context * spec.d_model
@@ -137,22 +181,30 @@ def draw(spec: Spec) -> tuple[bytes, str]:
             f"FLOP per token at context {spec.context:,}: 2 per weight used "
             f"({_human(cost['flops'] - attention)}FLOP) plus {_human(attention)}FLOP for "
             f"attending over the context; training ≈ 3× that. Weights: "
-            f"{_human(cost['weights_bf16'], 'B')} in bf16; a training step with AdamW needs "
-            f"≈ {_human(cost['train_states'] + cost['activations'], 'B')}.")
+            f"{_bytes(cost['weights_bf16'])} in bf16; a training step with AdamW needs "
+            f"≈ {_bytes(cost['train_states'] + cost['activations'])}.")
     if spec.note:
         text += f" Note: {spec.note}."
-    return figure_to_png(fig), message_html(text)
+    return text
+
+
+def draw(spec: Spec) -> tuple[bytes, str]:
+    """The picture (PNG) and the message (HTML) for one configuration."""
+    cost = model_cost(spec)
+    return figure_to_png(cost_figure(spec, cost)), message_html(describe(spec, cost))
 
 
 def model_calculator(preset: str = "GPT-2 small") -> widgets.VBox:
     """Build the calculator.
 
-    Controls (`w.controls[...]`): "preset" (Dropdown), "d_model", "n_layer", "n_head",
-    "n_kv_head", "vocab", "context", "experts" (IntSliders), "ffn" (ToggleButtons: "gelu" or
-    "swiglu"), "tied" (Checkbox). Outputs: `w.image` (PNG) and `w.message` (HTML). Choosing a
-    preset sets every control; moving a control afterwards changes only that number (the
-    feed-forward width then follows the usual rule: 4× for GELU, ≈8/3× for SwiGLU).
-    Impossible combinations (heads that do not divide d_model, ...) show a message.
+    Controls (`w.controls[...]`): "preset" (Dropdown), "n_layer", "n_head", "vocab",
+    "context", "experts" (IntSliders), "d_model" and "n_kv_head" (SelectionSliders that offer
+    only what the head count allows: widths that split into equal heads, KV head counts that
+    divide the heads), "ffn" (ToggleButtons: "gelu" or "swiglu"), "tied" (Checkbox). Outputs:
+    `w.image` (PNG, at its own size) and `w.message` (HTML). Choosing a preset sets every
+    control; moving a control afterwards changes only that number (the feed-forward width
+    then follows the usual rule: 4× for GELU, ≈8/3× for SwiGLU). A new head count moves
+    d_model or KV heads to the nearest allowed value, and the message says so.
 
     >>> w = model_calculator()
     >>> before = w.image.value
@@ -166,62 +218,83 @@ def model_calculator(preset: str = "GPT-2 small") -> widgets.VBox:
                   layout=widgets.Layout(width="330px"))
     controls = {
         "preset": widgets.Dropdown(options=list(PRESETS), value=preset, description="preset"),
-        "d_model": widgets.IntSlider(768, min=64, max=16384, step=64, description="d_model",
-                                     **slider),
+        # d_model and KV heads offer only the values the head count allows (set below)
+        "d_model": widgets.SelectionSlider(options=valid_widths(12), value=768,
+                                           description="d_model", **slider),
         "n_layer": widgets.IntSlider(12, min=1, max=128, description="layers", **slider),
         "n_head": widgets.IntSlider(12, min=1, max=128, description="heads", **slider),
-        "n_kv_head": widgets.IntSlider(12, min=1, max=128, description="KV heads", **slider),
+        "n_kv_head": widgets.SelectionSlider(options=valid_kv_heads(12), value=12,
+                                             description="KV heads", **slider),
         "vocab": widgets.IntSlider(50257, min=2, max=262144, description="vocab", **slider),
         "context": widgets.IntSlider(1024, min=128, max=131072, step=128,
                                      description="context", **slider),
         "experts": widgets.IntSlider(1, min=1, max=64, description="experts", **slider),
         "ffn": widgets.ToggleButtons(options=["gelu", "swiglu"], value="gelu",
-                                     description="FFN"),
+                                     description="FFN", style={"button_width": "70px"},
+                                     layout=widgets.Layout(width="auto", flex="0 0 auto")),
         "tied": widgets.Checkbox(True, description="tie input/output embeddings"),
     }
-    image, message = widgets.Image(format="png"), widgets.HTML()
-    state = {"hidden": None, "top_k": 1, "note": "", "loading": False}
+    image, message = picture_image(), widgets.HTML()
+    state = {"hidden": None, "top_k": 1, "note": "", "loading": False, "moved": ""}
 
-    @guarded(message, "this preset")
+    def follow_heads(_change=None) -> None:
+        """A new head count: offer only the widths and KV heads it allows, and move a value
+        that is no longer allowed to the nearest one (the message says so)."""
+        n_head, loading = controls["n_head"].value, state["loading"]
+        state["loading"] = True                   # one redraw, after both sliders moved
+        try:
+            moved = []
+            for name, options in (("d_model", valid_widths(n_head)),
+                                  ("n_kv_head", valid_kv_heads(n_head))):
+                old = controls[name].value
+                if name == "n_kv_head" and _change is not None and old == _change["old"]:
+                    wanted = n_head                # it was multi-head attention: it stays so
+                else:
+                    wanted = old if old in options else _nearest(options, old)
+                controls[name].options = options
+                controls[name].value = wanted
+                if old not in options:             # (keeping MHA is no move to report)
+                    moved.append(f"{controls[name].description} {old} → {wanted}")
+        finally:
+            state["loading"] = loading
+        state["moved"] = "; ".join(moved)
+
+    @guarded(message, "this preset", picture=image)
     def load_preset(_=None) -> None:
         spec = PRESETS[controls["preset"].value]
         state.update(loading=True)
         try:
-            for name in ("d_model", "n_layer", "n_head", "n_kv_head", "vocab", "context",
+            for name in ("n_head", "d_model", "n_layer", "n_kv_head", "vocab", "context",
                          "experts"):
                 controls[name].value = getattr(spec, name)
             controls["ffn"].value, controls["tied"].value = spec.ffn, spec.tied
         finally:
             state.update(loading=False, hidden=spec.ffn_hidden, top_k=spec.top_k,
-                         note=spec.note)
+                         note=spec.note, moved="")
         update()
 
-    @guarded(message, "this configuration")
+    @guarded(message, "this configuration", picture=image)
     def update(change=None) -> None:
         if state["loading"]:
             return
+        moved, state["moved"] = state["moved"], ""
         if change is not None:                       # the reader changed one number by hand
             if change["owner"] in (controls["d_model"], controls["ffn"]):
                 state["hidden"] = None               # the width follows the rule again
             state["note"] = ""
         v = {name: c.value for name, c in controls.items()}
-        if v["d_model"] % v["n_head"]:
-            message.value = message_html(f"d_model = {v['d_model']} cannot be split into "
-                                         f"{v['n_head']} equal heads; pick a head count that "
-                                         "divides it.", "error")
-            return
-        if v["n_head"] % v["n_kv_head"]:
-            message.value = message_html(f"{v['n_head']} query heads cannot share "
-                                         f"{v['n_kv_head']} key/value heads evenly; KV heads "
-                                         "must divide heads.", "error")
-            return
         # a mixture of experts routes each token to top_k experts (2 unless a preset says)
         top_k = min(max(state["top_k"], 2), v["experts"]) if v["experts"] > 1 else 1
         spec = Spec(v["d_model"], v["n_layer"], v["n_head"], v["n_kv_head"], v["vocab"],
                     v["context"], v["ffn"], state["hidden"], v["tied"],
                     experts=v["experts"], top_k=top_k, note=state["note"])
-        image.value, message.value = draw(spec)
+        image.value, text = draw(spec)
+        if moved:
+            text = message_html(f"{v['n_head']} heads: moved {moved} so the heads split "
+                                "evenly.", "info") + text
+        message.value = text
 
+    controls["n_head"].observe(follow_heads, names="value")   # before `update` sees it
     controls["preset"].observe(load_preset, names="value")
     watch({k: c for k, c in controls.items() if k != "preset"}, update)
     load_preset()
@@ -229,5 +302,5 @@ def model_calculator(preset: str = "GPT-2 small") -> widgets.VBox:
                                      "context", "experts")]
     rows = [widgets.HBox([controls["preset"], controls["ffn"], controls["tied"]]),
             widgets.HBox([widgets.VBox(sliders[:4]), widgets.VBox(sliders[4:])]),
-            image, message]
+            scrolling(image), message]
     return widget_box(rows, controls, image=image, message=message)
