@@ -118,8 +118,10 @@ class LoRALinear(nn.Module):
         base.requires_grad_(False)
         self.base = base
         self.rank, self.alpha = rank, alpha
-        # Dividing by r keeps the update's size roughly independent of the rank, so one alpha
-        # (and one learning rate) works across ranks.
+        # alpha / rank, as in the LoRA paper and peft. It does NOT keep the update's size
+        # independent of the rank: at one learning rate the update shrinks as the rank grows
+        # (data/lora_sweep.json, "scaling_study"). alpha = c * sqrt(rank) gives rsLoRA's
+        # c / sqrt(rank), which kept it steady there.
         self.scaling = alpha / rank
         like = base.weight
         dtype = like.dtype if like.is_floating_point() else torch.float32
