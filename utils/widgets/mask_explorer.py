@@ -4,6 +4,8 @@ Three panels side by side for one sentence: the raw scores q·k/√d (made-up bu
 masked scores (grey = -inf, nothing to see), and the softmax weights each query ends up with.
 Toggle causal or bidirectional attention, pad the sentence on the right or the left, and
 narrow the sliding window; a row with no visible key is flagged (its weights are all zero).
+Padding tokens are labelled <pad> in grey italics; a word of the sentence that happens to be
+spelled "<pad>" is an ordinary token and is labelled in quotes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ from utils.masks import (
     padding_mask,
     sliding_window_mask,
 )
-from utils.widgets.display import cap_text, clean_text, figure_to_png, guarded, message_html
+from utils.widgets.display import (
+    CannotShow,
+    cap_text,
+    clean_text,
+    figure_to_png,
+    glyph_safe,
+    guarded,
+    message_html,
+    missing_glyphs_note,
+    picture_image,
+    scrolling,
+)
 
 DEFAULT_TEXT = "the cat sat on the mat"
 MAX_WORDS = 12
@@ -50,13 +63,25 @@ def build_mask(n_real: int, n_pad: int, causal: bool, side: str, window: int) ->
     return combine_masks(torch.ones(T, T, dtype=torch.bool), *parts)
 
 
-def draw(tokens: list[str], mask: torch.Tensor, scores: torch.Tensor, title: str) -> bytes:
-    """Scores, masked scores and weights, side by side."""
+def tick_label(token: str) -> str:
+    """A word as a tick label: long words shortened, a word spelled like the padding token
+    quoted (it is a real token), characters the font lacks drawn as □."""
+    label = token if len(token) <= 10 else token[:9] + "…"
+    if token == PAD:
+        label = f"“{PAD}”"
+    return glyph_safe(label)[0]
+
+
+def mask_figure(tokens: list[str], mask: torch.Tensor, scores: torch.Tensor, title: str,
+                padded: list[bool] | None = None) -> plt.Figure:
+    """Scores, masked scores and weights, side by side. `padded[i]` marks the padding tokens
+    (drawn as grey <pad> labels); without it no token is padding."""
     T = len(tokens)
-    labels = [t if len(t) <= 10 else t[:9] + "…" for t in tokens]     # long words: shortened
+    padded = padded or [False] * T
+    labels = [PAD if pad else tick_label(token) for token, pad in zip(tokens, padded, strict=True)]
     weights = masked_softmax(scores, mask)
     masked = apply_mask(scores, mask)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
     lim = float(scores.abs().max()) or 1.0
     shown = np.ma.masked_invalid(masked.numpy())                        # -inf -> blank
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
@@ -68,6 +93,11 @@ def draw(tokens: list[str], mask: torch.Tensor, scores: torch.Tensor, title: str
         ax.set_title(name)
         ax.set_xticks(range(T), labels, rotation=60, fontsize=8)
         ax.set_yticks(range(T), labels, fontsize=8)
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):   # one per token, in order
+            for tick, pad in zip(ticks, padded, strict=True):
+                if pad:
+                    tick.set_color("#888888")
+                    tick.set_fontstyle("italic")
         ax.set_xlabel("key (attended to)")
         ax.set_ylabel("query")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
@@ -76,9 +106,20 @@ def draw(tokens: list[str], mask: torch.Tensor, scores: torch.Tensor, title: str
     for row in torch.nonzero(empty).flatten().tolist():
         axes[2].text(T / 2 - 0.5, row, "no key: all zeros", ha="center", va="center",
                      fontsize=8, color="#a94442")
+    missing = [ch for token in tokens for ch in glyph_safe(token)[1]]
+    if missing:
+        codes = ", ".join(dict.fromkeys(f"U+{ord(ch):04X}" for ch in missing))
+        fig.text(0.01, 0.01, f"□ = glyph missing from the plotting font ({codes})",
+                 fontsize=8, color="#a94442")
     fig.suptitle(title)
     fig.tight_layout()
-    return figure_to_png(fig)
+    return fig
+
+
+def draw(tokens: list[str], mask: torch.Tensor, scores: torch.Tensor, title: str,
+         padded: list[bool] | None = None) -> bytes:
+    """The three panels as PNG bytes (see `mask_figure`)."""
+    return figure_to_png(mask_figure(tokens, mask, scores, title, padded))
 
 
 def mask_explorer(text: str = DEFAULT_TEXT) -> widgets.VBox:
@@ -87,7 +128,8 @@ def mask_explorer(text: str = DEFAULT_TEXT) -> widgets.VBox:
     Controls (in `w.controls`): "text" (Text: the words are the tokens, at most MAX_WORDS),
     "attention" (ToggleButtons: "causal" / "bidirectional"), "padding" (IntSlider: how many
     <pad> tokens to add), "side" (ToggleButtons: "right" / "left"), "window" (IntSlider: 0 =
-    no window). Outputs: `w.image` (PNG of the three panels) and `w.message` (HTML).
+    no window). Outputs: `w.image` (PNG of the three panels, at its own size) and `w.message`
+    (HTML). An empty sentence replaces the picture by a grey placeholder.
 
     >>> w = mask_explorer()
     >>> before = w.image.value
@@ -104,20 +146,28 @@ def mask_explorer(text: str = DEFAULT_TEXT) -> widgets.VBox:
     side = widgets.ToggleButtons(options=["right", "left"], value="right", description="pad on")
     window = widgets.IntSlider(value=0, min=0, max=MAX_WORDS + MAX_PADDING, description="window",
                                continuous_update=False)
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()
 
-    @guarded(message, "the mask")
+    @guarded(message, "the mask", picture=image)
     def update(_=None) -> None:
         words, warning = cap_text(clean_text(text_box.value).strip(), 200, "sentence")
         tokens = words.split()
         if not tokens:
-            message.value = message_html("Type a sentence: its words are the tokens.", "warning")
-            return
+            raise CannotShow("Type a sentence: its words are the tokens.")
         if len(tokens) > MAX_WORDS:
             tokens = tokens[:MAX_WORDS]
             warning = message_html(f"Only the first {MAX_WORDS} words are used.", "warning")
+        if PAD in tokens:
+            warning += message_html(f"“{PAD}” in the sentence is an ordinary word here (it is "
+                                    "attended to like any other); only the padding slider adds "
+                                    f"padding, labelled {PAD} in grey.", "info")
+        missing = list(dict.fromkeys(ch for token in tokens for ch in glyph_safe(token)[1]))
+        if missing:
+            warning += message_html(missing_glyphs_note(missing), "info")
         n_real, n_pad = len(tokens), padding.value
-        tokens = tokens + [PAD] * n_pad if side.value == "right" else [PAD] * n_pad + tokens
+        right = side.value == "right"
+        tokens = tokens + [PAD] * n_pad if right else [PAD] * n_pad + tokens
+        padded = [right and i >= n_real or not right and i < n_pad for i in range(len(tokens))]
         causal = attention.value == "causal"
         mask = build_mask(n_real, n_pad, causal, side.value, window.value)
         parts = [attention.value]
@@ -125,7 +175,7 @@ def mask_explorer(text: str = DEFAULT_TEXT) -> widgets.VBox:
             parts.append(f"{n_pad} padding on the {side.value}")
         if window.value:
             parts.append(f"window {window.value}")
-        image.value = draw(tokens, mask, scores_for(len(tokens)), " + ".join(parts))
+        image.value = draw(tokens, mask, scores_for(len(tokens)), " + ".join(parts), padded)
         empty = int((~mask.any(-1)).sum())
         text = (f"{int(mask.sum())} of {mask.numel()} query-key pairs may attend "
                 f"({' + '.join(parts)}).")
@@ -139,7 +189,7 @@ def mask_explorer(text: str = DEFAULT_TEXT) -> widgets.VBox:
         control.observe(update, names="value")
     update()
     box = widgets.VBox([widgets.HBox([text_box, attention]), widgets.HBox([padding, side]),
-                        window, image, message])
+                        window, scrolling(image), message])
     box.controls = {"text": text_box, "attention": attention, "padding": padding, "side": side,
                     "window": window}
     box.image, box.message = image, message
