@@ -6,7 +6,8 @@ Two tiny sequence models read the same inputs `x` of shape [T, d]:
   Whatever token 1 said must survive T - 1 multiplications by W_h to reach position T.
 * `TinyAttention` lets position t read every earlier token directly, through one weighted sum.
 
-`gradient_from_first_token` asks autograd how strongly each output depends on token 1, and
+`gradient_from_first_token` asks autograd how strongly each output depends on token 1,
+`train_recall` trains each model (and a no-attention baseline) to recall the first token, and
 `time_sequential_vs_parallel` times the T dependent steps of an RNN against attention's
 single batched matrix product.
 """
@@ -14,11 +15,12 @@ single batched matrix product.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from torch import nn
 from torch.autograd import forward_ad
+
+from utils.timing import Timing, time_call
 
 
 class TinyRNN(nn.Module):
@@ -80,8 +82,8 @@ def gradient_from_first_token(model: nn.Module, x: torch.Tensor) -> torch.Tensor
     """For every position t, the size of d(output_t)/d(token 1): how loudly token 1 is heard.
 
     `model` maps [..., T, d] to [..., T, d_out] and must accept a batch of sequences. Returns
-    a tensor of T norms. Each output is projected onto a fixed direction first, so each entry
-    is the norm of an ordinary gradient (a vector), not a Jacobian.
+    a tensor of T norms: entry t is the Frobenius norm of the Jacobian d(output_t)/d(x_1), a
+    [d_out, d] matrix (the square root of the sum of its squared entries).
 
     >>> g = gradient_from_first_token(TinyRNN(4, 8), torch.randn(20, 4))
     >>> g.shape, bool(g[19] < g[0])
@@ -94,15 +96,14 @@ def gradient_from_first_token(model: nn.Module, x: torch.Tensor) -> torch.Tensor
     T, d = x.shape
     # Forward-mode autodiff: nudge one coordinate of token 1 and let autograd carry the nudge
     # through the model, giving d(output_t)/d(x_1[i]) for every t in the same pass. A batch of
-    # d copies of the sequence, copy i nudging coordinate i, gets all of token 1's gradient in
-    # one forward pass, where backward passes would need one per position t.
+    # d copies of the sequence, copy i nudging coordinate i, gets all of token 1's Jacobian in
+    # one forward pass, where backward passes would need one per output coordinate and t.
     nudges = torch.zeros(d, T, d, dtype=x.dtype)
     nudges[torch.arange(d), 0, torch.arange(d)] = 1.0
     with forward_ad.dual_level():
         outputs = model(forward_ad.make_dual(x.expand(d, T, d).clone(), nudges))
         moves = forward_ad.unpack_dual(outputs).tangent   # [d, T, d_out]: d output / d x_1[i]
-    direction = torch.ones(moves.shape[-1], dtype=x.dtype) / math.sqrt(moves.shape[-1])
-    return (moves @ direction).norm(dim=0).detach()   # [T]: norm over token 1's coordinates
+    return moves.square().sum(dim=(0, 2)).sqrt().detach()   # [T]: one Jacobian norm per t
 
 
 def compare_gradients(seq_len: int, recurrent_scale: float = 0.9, d: int = 32, seed: int = 0,
@@ -120,26 +121,16 @@ def compare_gradients(seq_len: int, recurrent_scale: float = 0.9, d: int = 32, s
     return {name: gradient_from_first_token(built[name], x) for name in models}
 
 
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
-    # GPU kernels run asynchronously: wait for them, or we would time only the launch.
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 @torch.no_grad()
 def time_sequential_vs_parallel(seq_lens: list[int], d: int = 64, batch: int = 16,
                                 repeats: int = 5, device: str | torch.device = "cpu") -> list[dict]:
-    """Median wall time of an RNN's T dependent steps vs one attention layer, per length.
+    """Wall time of an RNN's T dependent steps vs one attention layer, per length.
 
-    Each row: {"seq_len", "rnn_steps", "attention_steps", "rnn_ms", "attention_ms"}.
-    "Steps" counts operations that must wait for the previous one to finish.
+    Each row: {"seq_len", "rnn_steps", "attention_steps", "rnn_ms", "attention_ms", "rnn",
+    "attention"}: "steps" counts operations that must wait for the previous one to finish,
+    "*_ms" is the median over `repeats` calls and "rnn"/"attention" the `utils.timing.Timing`
+    of every call. The two models take turns, one call each, so a change in a shared
+    machine's load between repeats slows both alike and their ratio stays honest.
     """
     device = torch.device(device)
     rnn = TinyRNN(d, d).to(device)
@@ -147,86 +138,132 @@ def time_sequential_vs_parallel(seq_lens: list[int], d: int = 64, batch: int = 1
     rows = []
     for seq_len in seq_lens:
         x = torch.randn(batch, seq_len, d, device=device)
+        timings = {"rnn": Timing(), "attention": Timing()}
         rnn(x), attention(x)  # warm-up: first calls pay one-off allocation costs
-        rows.append({
-            "seq_len": seq_len,
-            "rnn_steps": seq_len,
-            "attention_steps": 1,
-            "rnn_ms": 1000 * _median_seconds(lambda: rnn(x), repeats, device),  # noqa: B023
-            "attention_ms": 1000 * _median_seconds(lambda: attention(x), repeats, device),  # noqa: B023
-        })
+        for _ in range(repeats):
+            for name, model in (("rnn", rnn), ("attention", attention)):
+                timings[name].seconds += time_call(lambda m=model, x=x: m(x), repeats=1, warmup=0,
+                                                   device=device).seconds
+        rows.append({"seq_len": seq_len, "rnn_steps": seq_len, "attention_steps": 1,
+                     "rnn_ms": 1000 * timings["rnn"].median,
+                     "attention_ms": 1000 * timings["attention"].median, **timings})
     return rows
 
 
-# --- Experiment 3: does the whisper matter? Recall the first token after `distance` steps. ---
+# --- Experiment 2: does the whisper matter? Recall the first token after `distance` steps. ---
 
 def make_recall_batch(batch: int, distance: int, n_symbols: int = 8,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences that ask "what was the first token?" after `distance` steps.
 
-    Each row is [s, noise_1, ..., noise_{distance-1}, ?]: the symbol s to remember (ids 0 ..
-    n_symbols-1), distance-1 distractors drawn from a separate set of ids (n_symbols ..
-    2·n_symbols-1, so nothing later can be mistaken for s), and a query id 2·n_symbols at
-    position `distance`. The target is s. Guessing gives 1 / n_symbols.
+    Each row is [s, f_1, ..., f_{distance-1}, ?]: the symbol s to remember and distance-1
+    fillers, all drawn from the same ids 0 .. n_symbols-1, then a query id n_symbols at position
+    `distance`. The target is s. Nothing but its *position* marks s: the same id may occur among
+    the fillers, so a model must know which token came first. Guessing gives 1 / n_symbols.
 
     >>> x, y = make_recall_batch(2, distance=4, generator=torch.Generator().manual_seed(0))
     >>> x.shape, y.shape, bool((x[:, 0] == y).all()), x[0, -1].item()
-    (torch.Size([2, 5]), torch.Size([2]), True, 16)
+    (torch.Size([2, 5]), torch.Size([2]), True, 8)
     """
     if distance < 1:
         raise ValueError(f"distance must be at least 1, got {distance}")
-    first = torch.randint(0, n_symbols, (batch,), generator=generator)
-    noise = torch.randint(n_symbols, 2 * n_symbols, (batch, distance - 1), generator=generator)
-    query = torch.full((batch, 1), 2 * n_symbols)
-    return torch.cat([first[:, None], noise, query], dim=1), first
+    tokens = torch.randint(0, n_symbols, (batch, distance), generator=generator)
+    query = torch.full((batch, 1), n_symbols)
+    return torch.cat([tokens, query], dim=1), tokens[:, 0]
+
+
+class MeanOfEmbeddings(nn.Module):
+    """The no-attention baseline: position t outputs the mean of inputs 0..t, fixed weights.
+
+    It sees every token equally, so it can count which symbols occurred but never tell which
+    one came first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., T, d] -> running means [..., T, d]."""
+        counts = torch.arange(1, x.shape[-2] + 1, dtype=x.dtype, device=x.device)
+        return x.cumsum(dim=-2) / counts[:, None]
+
+
+RECALL_KINDS = ("mean", "rnn", "attention")
 
 
 class RecallModel(nn.Module):
-    """Embedding -> TinyRNN or TinyAttention -> a linear read-out at the last position.
+    """Token embedding + learned position embedding -> a core -> a linear read-out at the end.
 
-    Both cores have the same width and nearly the same number of parameters; the only
-    difference is how position `distance` can reach position 0: through `distance` RNN steps,
-    or directly, through one attention weight. (TinyAttention has no positional information;
-    it does not need any here, because the symbol to recall is the only token of its kind.)
+    The core is "rnn" (TinyRNN), "attention" (TinyAttention) or "mean" (MeanOfEmbeddings, no
+    weights at all). All three read the same inputs: attention by itself knows no order
+    (chapter 02), so every token gets a learned vector for its position added, and the answer
+    can be found only through that position. Embeddings start small (std 1/sqrt(d)) so that
+    attention's scores start near uniform instead of saturating the softmax.
     """
 
-    def __init__(self, kind: str, n_symbols: int = 8, d: int = 32):
+    def __init__(self, kind: str, n_symbols: int = 8, d: int = 32, max_len: int = 128):
         super().__init__()
-        if kind not in ("rnn", "attention"):
-            raise ValueError(f"kind must be 'rnn' or 'attention', got {kind!r}")
-        self.embed = nn.Embedding(2 * n_symbols + 1, d)
-        self.core = TinyRNN(d, d) if kind == "rnn" else TinyAttention(d, d)
+        if kind not in RECALL_KINDS:
+            raise ValueError(f"kind must be one of {RECALL_KINDS}, got {kind!r}")
+        self.embed = nn.Embedding(n_symbols + 1, d)
+        self.position = nn.Embedding(max_len, d)
+        for table in (self.embed, self.position):
+            nn.init.normal_(table.weight, std=d**-0.5)
+        cores = {"rnn": lambda: TinyRNN(d, d), "attention": lambda: TinyAttention(d, d),
+                 "mean": MeanOfEmbeddings}
+        self.core = cores[kind]()
         self.readout = nn.Linear(d, n_symbols)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> logits [B, n_symbols] for the symbol asked for at the last position."""
-        return self.readout(self.core(self.embed(ids))[:, -1])
+        positions = torch.arange(ids.shape[-1], device=ids.device)
+        return self.readout(self.core(self.embed(ids) + self.position(positions))[:, -1])
+
+
+def recall_training_batches(distance: int, steps: int = 200, batch: int = 64, n_symbols: int = 8,
+                            seed: int = 0):
+    """The `steps` training batches `train_recall` uses, (x, y) each, the same for every model."""
+    data = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        yield make_recall_batch(batch, distance, n_symbols, data)
+
+
+def recall_test_batch(distance: int, n_symbols: int = 8, seed: int = 0, rows: int = 1000):
+    """The 1,000 fresh random rows every model is scored on (a separate random stream)."""
+    return make_recall_batch(rows, distance, n_symbols, torch.Generator().manual_seed(seed + 1))
+
+
+def recall_test_overlap(distance: int, steps: int = 200, batch: int = 64,
+                               n_symbols: int = 8, seed: int = 0) -> float:
+    """Fraction of the test rows that also occur among the training rows.
+
+    There are only n_symbols ** distance different sequences (64 at distance 2), so at short
+    distances the "fresh" test rows are rows the models trained on; only where this fraction
+    is ~0 is the test held out."""
+    seen = {tuple(row) for x, _ in recall_training_batches(distance, steps, batch, n_symbols, seed)
+            for row in x.tolist()}
+    test, _ = recall_test_batch(distance, n_symbols, seed)
+    return sum(tuple(row) in seen for row in test.tolist()) / len(test)
 
 
 def train_recall(kind: str, distance: int, steps: int = 200, batch: int = 64, n_symbols: int = 8,
                  d: int = 32, lr: float = 1e-2, seed: int = 0) -> float:
-    """Train a RecallModel for a fixed number of steps; return its accuracy on 1,000 new rows.
+    """Train a RecallModel for a fixed number of steps; return its accuracy on 1,000 fresh rows.
 
-    Both models get the same data, steps, optimiser (Adam) and learning rate.
+    Every kind gets the same batches, steps, optimiser (Adam) and learning rate.
     """
     torch.manual_seed(seed)
-    data = torch.Generator().manual_seed(seed)
-    model = RecallModel(kind, n_symbols, d)
+    model = RecallModel(kind, n_symbols, d, max_len=distance + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        x, y = make_recall_batch(batch, distance, n_symbols, data)
+    for x, y in recall_training_batches(distance, steps, batch, n_symbols, seed):
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    x, y = make_recall_batch(1000, distance, n_symbols, torch.Generator().manual_seed(seed + 1))
+    x, y = recall_test_batch(distance, n_symbols, seed)
     with torch.no_grad():
         return (model(x).argmax(dim=-1) == y).float().mean().item()
 
 
 def recall_by_distance(distances: list[int], steps: int = 200, seed: int = 0,
-                       **kwargs) -> dict[str, list[float]]:
-    """Accuracy of each model trained separately at each distance: {"rnn": [...], "attention": [...]}."""
+                       kinds: tuple[str, ...] = RECALL_KINDS, **kwargs) -> dict[str, list[float]]:
+    """Accuracy of each kind of model trained separately at each distance: {kind: [...]}."""
     return {kind: [train_recall(kind, distance, steps=steps, seed=seed, **kwargs)
                    for distance in distances]
-            for kind in ("rnn", "attention")}
+            for kind in kinds}

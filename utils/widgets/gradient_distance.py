@@ -31,7 +31,7 @@ def plot_gradient_decay(gradients: dict[str, torch.Tensor], position: int, ax=No
                     label="RNN" if name == "rnn" else "attention")
     ax.axvline(position, color="grey", linestyle="--", label=f"position {position}")
     ax.set_xlabel("position t of the output")
-    ax.set_ylabel("gradient reaching token 1 (log scale)")
+    ax.set_ylabel("‖∂ output_t / ∂ token 1‖ (log scale)")
     ax.set_title("How loudly token 1 is heard at position t")
     ax.legend(loc="lower left")
     return ax
@@ -108,21 +108,26 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
                       readout=readout, message=readout)
 
 
+RECALL_STYLE = {"mean": ("tab:grey", "s--", "no attention (mean of embeddings)"),
+                "rnn": ("tab:red", "o-", "RNN"), "attention": ("tab:blue", "o-", "attention")}
+
+
 def plot_recall_accuracy(distances: list[int], accuracy: dict[str, list[float]], n_symbols: int = 8,
                          ax=None):
-    """Accuracy of recalling the first token against its distance, one line per model."""
+    """Accuracy of recalling the first token against its distance, one line per model in
+    `accuracy` ("mean", "rnn", "attention")."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.6))
-    for name, colour in (("rnn", "tab:red"), ("attention", "tab:blue")):
-        ax.plot(distances, accuracy[name], "o-", color=colour,
-                label="RNN" if name == "rnn" else "attention")
+    for name, values in accuracy.items():
+        colour, style, label = RECALL_STYLE[name]
+        ax.plot(distances, values, style, color=colour, label=label)
     ax.axhline(1 / n_symbols, color="grey", linestyle=":", label=f"guessing (1/{n_symbols})")
     ax.set_xscale("log")
     ax.minorticks_off()                       # only the distances we trained at are labelled
     ax.set_xticks(distances, [str(d) for d in distances])
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("distance from the first token to the question")
-    ax.set_ylabel("accuracy on 1,000 new sequences")
+    ax.set_ylabel("accuracy on 1,000 fresh rows")
     ax.set_title("Recall the first token, after training")
-    ax.legend(loc="center left")
+    ax.legend(loc="center left", fontsize=8)
     return ax
