@@ -13,7 +13,6 @@ Both default to the shipped character-level model (`utils.pretrained.load_pretra
 from __future__ import annotations
 
 import html
-import time
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -21,20 +20,26 @@ import torch
 
 from utils.attention import KVCache
 from utils.generation import entropy_bits, next_token_probs
+from utils.timing import stopwatch
 from utils.widgets.display import (
-    cap_text,
+    CannotShow,
     clean_text,
+    clear_picture,
     figure_to_png,
     guarded,
     message_html,
     one_thread,
+    picture_image,
+    scrolling,
     watch,
     widget_box,
 )
 
 DEFAULT_PROMPT = "ROMEO:\nWhat light through yonder window"
-MAX_PROMPT = 400
+MAX_PROMPT = 400     # (kept for callers; the prompt is now cut to the model's context instead)
 N_BARS = 20
+MAX_SEED = 2**31 - 1
+SLIDERS_WAIT = " The sliders take effect once the model can read the prompt."
 
 
 def show_char(ch: str) -> str:
@@ -53,25 +58,44 @@ def _load(model, tokenizer):
     return model.eval(), tokenizer
 
 
-def encode_prompt(text: str, tokenizer, block_size: int) -> tuple[list[int] | None, str]:
-    """Prompt text -> (ids, warning html), or (None, message html) if it cannot be used."""
-    text, warning = cap_text(clean_text(text), MAX_PROMPT, "prompt")
-    if not text:
-        return None, message_html("Type a prompt: the model needs at least one character to "
-                                  "predict the next.", "warning")
-    unknown = sorted({ch for ch in text if ch not in tokenizer.stoi})
+def describe_vocabulary(tokenizer) -> str:
+    """What the character model can read, from its own vocabulary (not from memory)."""
+    chars = tokenizer.chars
+    digits = "".join(c for c in chars if c.isdigit())
+    marks = "".join(c for c in chars if not (c.isalnum() or c.isspace()))
+    letters = "letters" if any(c.isalpha() for c in chars) else "no letters"
+    digit_text = f"the digits {digits} only" if digits else "no digits"
+    return (f"its vocabulary is the {tokenizer.vocab_size} characters of its training text: "
+            f"{letters}, {digit_text}, space, newline and {marks}")
+
+
+def read_prompt(text: str, tokenizer, block_size: int) -> tuple[list[int], str]:
+    """The ids the model reads for `text` (its last `block_size` characters) and a note (HTML,
+    empty when all of it is read). Raises `CannotShow` when nothing can be read."""
+    n_chars = len(text)
+    tail = clean_text(text[-block_size:])           # the model sees the END of the prompt
+    if not tail:
+        raise CannotShow("Type a prompt: the model needs at least one character to predict "
+                         "the next." + SLIDERS_WAIT)
+    unknown = sorted({ch for ch in tail if ch not in tokenizer.stoi})
     if unknown:
         shown = ", ".join(repr(ch) for ch in unknown[:8])
-        return None, message_html(
-            f"The model has never seen {shown}: its vocabulary is the {tokenizer.vocab_size} "
-            "characters of the training text (Shakespeare: letters, digits, punctuation). "
-            "Remove or replace them.", "warning")
-    ids = tokenizer.encode(text)
-    if len(ids) > block_size:
-        ids = ids[-block_size:]
-        warning += message_html(f"The prompt is longer than the context ({block_size} "
-                                f"characters); only its last {block_size} are read.", "info")
-    return ids, warning
+        raise CannotShow(f"The model has never seen {shown}: {describe_vocabulary(tokenizer)}. "
+                         "Remove or replace them." + SLIDERS_WAIT)
+    note = ""
+    if n_chars > block_size:
+        note = message_html(f"The prompt has {n_chars:,} characters, longer than the context "
+                            f"({block_size} characters); only its last {block_size} are read.",
+                            "info")
+    return tokenizer.encode(tail), note
+
+
+def encode_prompt(text: str, tokenizer, block_size: int) -> tuple[list[int] | None, str]:
+    """Prompt text -> (ids, note html), or (None, message html) if it cannot be used."""
+    try:
+        return read_prompt(text, tokenizer, block_size)
+    except CannotShow as refusal:
+        return None, message_html(refusal.text, refusal.level)
 
 
 def draw_distribution(probs: torch.Tensor, filtered: torch.Tensor, chars: list[str], title: str,
@@ -130,14 +154,11 @@ def next_token_explorer(model=None, tokenizer=None, prompt: str = DEFAULT_PROMPT
     text = widgets.Textarea(value=prompt, description="prompt", continuous_update=False,
                             layout=widgets.Layout(width="95%", height="70px"))
     controls = {"text": text, **_sliders(tokenizer.vocab_size)}
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()
 
-    @guarded(message, "the distribution")
+    @guarded(message, "the distribution", picture=image)
     def update(_change=None):
-        ids, note = encode_prompt(controls["text"].value, tokenizer, model.config.block_size)
-        if ids is None:
-            message.value = note
-            return
+        ids, note = read_prompt(controls["text"].value, tokenizer, model.config.block_size)
         with torch.no_grad(), one_thread():     # a callback runs later, outside any no_grad
             logits, _ = model(torch.tensor([ids], device=_device(model)))
         logits = logits[0, -1].float().cpu()
@@ -150,7 +171,7 @@ def next_token_explorer(model=None, tokenizer=None, prompt: str = DEFAULT_PROMPT
 
     watch(controls, update)
     rows = [text, widgets.HBox([controls["temperature"], controls["top_k"], controls["top_p"]]),
-            image, message]
+            scrolling(image), message]
     return widget_box(rows, controls, image=image, message=message)
 
 
@@ -169,8 +190,7 @@ class StepGenerator:
     def step(self, temperature=1.0, top_k=None, top_p=None):
         """Choose one more token; return (probs, filtered probs, chosen id)."""
         block = self.model.config.block_size
-        start = time.perf_counter()
-        with one_thread():
+        with stopwatch(self.idx.device) as clock, one_thread():   # waits for a GPU to finish
             if self.cache is not None and self.cache.seq_len < block:
                 phase, tokens = "decode", 1
                 logits, _ = self.model(self.idx[:, -1:], kv_cache=self.cache)
@@ -180,7 +200,7 @@ class StepGenerator:
                 window = self.idx[:, -block:]
                 tokens = window.size(1)
                 logits, _ = self.model(window, kv_cache=self.cache)
-        self.timings.append((phase, tokens, 1000 * (time.perf_counter() - start)))
+        self.timings.append((phase, tokens, 1000 * clock.seconds))
         logits = logits[0, -1].float().cpu()
         probs = torch.softmax(logits, -1)
         filtered = next_token_probs(logits, temperature, top_k, top_p)
@@ -204,30 +224,41 @@ class StepGenerator:
 
 
 def step_generator(model=None, tokenizer=None, prompt: str = DEFAULT_PROMPT, seed: int = 0):
-    """Generate one character per click, showing the distribution it was drawn from."""
+    """Generate one character per click, showing the distribution it was drawn from.
+
+    Controls (`w.controls[...]`): "text" (the prompt), "temperature", "top_k", "top_p",
+    "seed" (0 ... MAX_SEED), "next" and "reset" (Buttons). Outputs: `w.image` (PNG),
+    `w.message`, `w.text_out` (the text so far) and `w.timings` (HTML table, one row per step,
+    timed with `utils.timing.stopwatch`, which waits for a GPU). Changing the prompt or the
+    seed, or pressing reset, starts again from the prompt.
+    """
     model, tokenizer = _load(model, tokenizer)
     text = widgets.Textarea(value=prompt, description="prompt", continuous_update=False,
                             layout=widgets.Layout(width="95%", height="70px"))
     next_button = widgets.Button(description="next token", button_style="primary")
     reset_button = widgets.Button(description="reset")
     controls = {"text": text, **_sliders(tokenizer.vocab_size),
-                "seed": widgets.IntText(value=seed, description="seed"),
+                # bounded: torch's generator overflows past 64 bits, JavaScript past 2**53
+                "seed": widgets.BoundedIntText(value=min(max(seed, 0), MAX_SEED), min=0,
+                                               max=MAX_SEED, description="seed"),
                 "next": next_button, "reset": reset_button}
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()
     generated, timings = widgets.HTML(), widgets.HTML()
+    outputs = [image, generated, timings]            # what a new start or an error clears
     state: dict = {"run": None}
 
-    @guarded(message, "the generator")
+    @guarded(message, "the generator", picture=outputs)
     def reset(_change=None):
-        ids, note = encode_prompt(text.value, tokenizer, model.config.block_size)
-        state["run"] = None if ids is None else StepGenerator(model, tokenizer, ids,
-                                                              controls["seed"].value)
-        generated.value = "" if ids is None else state["run"].text_html()
-        timings.value = ""
-        message.value = note or message_html("Press “next token”: the first step reads the "
-                                             "whole prompt (prefill), later ones one token.")
+        state["run"] = None                          # a failed reset leaves no stale run
+        clear_picture([image, timings])
+        generated.value = ""
+        ids, note = read_prompt(text.value, tokenizer, model.config.block_size)
+        state["run"] = StepGenerator(model, tokenizer, ids, controls["seed"].value)
+        generated.value = state["run"].text_html()
+        message.value = note + message_html("Press “next token”: the first step reads the "
+                                            "whole prompt (prefill), later ones one token.")
 
-    @guarded(message, "the next token")
+    @guarded(message, "the next token", picture=outputs)
     def step(_button=None):
         run = state["run"]
         if run is None:
@@ -252,7 +283,7 @@ def step_generator(model=None, tokenizer=None, prompt: str = DEFAULT_PROMPT, see
     reset()
     step()                                # one step, so the static picture shows something
     rows = [text, widgets.HBox([controls["temperature"], controls["top_k"], controls["top_p"]]),
-            widgets.HBox([next_button, reset_button, controls["seed"]]), image, message,
-            generated, timings]
+            widgets.HBox([next_button, reset_button, controls["seed"]]), scrolling(image),
+            message, generated, timings]
     return widget_box(rows, controls, image=image, message=message, text_out=generated,
                       timings=timings)
