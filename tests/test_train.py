@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import utils.train as trainer
+from utils.optim import lr_at
 from utils.paths import REPO_ROOT
 from utils.train import (
     CheckpointError,
@@ -22,6 +24,7 @@ from utils.train import (
     parse_args,
     preset,
     save_checkpoint,
+    tf32_matmuls,
     train,
 )
 
@@ -135,6 +138,82 @@ def test_resume_refuses_a_checkpoint_trained_differently(tmp_path):
               progress=False)
 
 
+def test_extending_a_run_keeps_its_decay_length_unless_decay_steps_is_given(tmp_path, capsys):
+    # A run of 20 steps resumed with max_steps=30: the cosine must not be refitted to 30 steps
+    # (the learning rate would jump from min_lr back up at step 20); the extra steps run at
+    # min_lr, and a printed line says how to refit instead.
+    data, path = _data(), tmp_path / "ckpt.pt"
+    train(StandIn(), data, None, _config(max_steps=20, log_interval=1), checkpoint_path=path,
+          progress=False)
+    saved = path.read_bytes()
+    extended = train(StandIn(), data, None, _config(max_steps=30, log_interval=1),
+                     checkpoint_path=path, resume=True, progress=False)
+    assert extended.history["lr"][20:] == [1e-3] * 10                 # min_lr, no jump
+    assert extended.config.decay_steps == 20
+    assert load_checkpoint(path)["train_config"]["decay_steps"] == 20  # a second resume agrees
+    assert "still ends at step 20" in capsys.readouterr().out
+
+    # asked for explicitly, the cosine is refitted, and the jump is announced
+    path.write_bytes(saved)
+    refitted = train(StandIn(), data, None, _config(max_steps=30, decay_steps=30, log_interval=1),
+                     checkpoint_path=path, resume=True, progress=False)
+    assert refitted.history["lr"][20] == lr_at(20, 1e-2, 3, 30, 1e-3) > 1e-3
+    jump = f"jumps from {lr_at(19, 1e-2, 3, 20, 1e-3):.2e} to {lr_at(20, 1e-2, 3, 30, 1e-3):.2e}"
+    assert jump in capsys.readouterr().out
+
+
+def test_every_step_uses_and_logs_lr_at_of_that_step(monkeypatch):
+    # The learning rate each optimizer step really used, and the one logged for it, must both be
+    # lr_at(step) for steps counted from 0 (an off-by-one in the trainer's call fails here).
+    applied = []
+
+    def recording_adamw(*args, **kwargs):
+        optimizer = configure(*args, **kwargs)
+        step = optimizer.step
+
+        def step_and_record(*a, **k):
+            applied.append(optimizer.param_groups[0]["lr"])
+            return step(*a, **k)
+        optimizer.step = step_and_record
+        return optimizer
+
+    configure = trainer.configure_adamw
+    monkeypatch.setattr(trainer, "configure_adamw", recording_adamw)
+    config = _config(max_steps=30, log_interval=1)
+    history = train(StandIn(), _data(), None, config, progress=False).history
+    expected = [lr_at(s, config.lr, config.warmup_steps, config.max_steps, config.min_lr)
+                for s in range(config.max_steps)]
+    assert applied == expected
+    assert history["step"] == list(range(1, 31)) and history["lr"] == expected
+
+
+def _tf32_flags():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _set_tf32_flags(matmul, cudnn):
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def test_train_scopes_tf32_and_restores_the_previous_flags(monkeypatch):
+    # On a CPU the trainer never turns TF32 on, so pretend its device is a GPU for the switch.
+    scoped = trainer.tf32_matmuls
+    monkeypatch.setattr(trainer, "tf32_matmuls", lambda device: scoped(torch.device("cuda")))
+    before = _tf32_flags()
+    try:
+        _set_tf32_flags(False, False)
+        during = []
+        record = lambda event: during.append(_tf32_flags()) if event["event"] != "end" else None
+        train(StandIn(), _data(), None, _config(max_steps=4), progress=False, callbacks=[record])
+        assert set(during) == {(True, True)}                 # on while training
+        assert _tf32_flags() == (False, False)               # back to what they were after it
+        with pytest.raises(RuntimeError), tf32_matmuls(torch.device("cuda")):
+            raise RuntimeError("a failed run restores them too")
+        assert _tf32_flags() == (False, False)
+    finally:
+        _set_tf32_flags(*before)
+
+
 def test_estimate_loss_is_repeatable_and_leaves_train_mode():
     model, data = StandIn(), _data()
     model.train()
@@ -159,6 +238,23 @@ def checkpoint(tmp_path):
 def test_checkpoint_round_trip_and_no_temporary_files(checkpoint):
     state = load_checkpoint(checkpoint)
     assert state["step"] == 3 and state["train_config"]["seed"] == 7
+    assert os.listdir(checkpoint.parent) == ["ckpt.pt"]
+
+
+def test_a_save_that_fails_midway_keeps_the_old_checkpoint_and_no_temporary_file(checkpoint,
+                                                                                  monkeypatch):
+    old = checkpoint.read_bytes()
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")        # the first bytes reach the disk, then...
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.torch, "save", dies_halfway)
+    model, opt = StandIn(), torch.optim.AdamW(StandIn().parameters())
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(checkpoint, model, opt, 9, _config(), {"step": [1]})
+    monkeypatch.undo()
+    assert checkpoint.read_bytes() == old and load_checkpoint(checkpoint)["step"] == 3
     assert os.listdir(checkpoint.parent) == ["ckpt.pt"]
 
 

@@ -186,7 +186,8 @@ def preset(name: str, device: torch.device | str = "cpu", **overrides: Any) -> T
 class TrainResult:
     """What `train` returns. `history` holds the logged curves:
 
-    step, loss, lr           the training loss every log_interval steps (a noisy single batch)
+    step, loss, lr           the training loss every log_interval steps: one batch, scored
+                             before that step's update (noisy, but not optimistic)
     eval_step, train, val    the estimated losses at every evaluation
     """
 
@@ -195,6 +196,7 @@ class TrainResult:
     steps: int
     seconds: float
     checkpoint: Path | None = None
+    config: TrainConfig | None = None   # as the run used it (a resumed run's schedule included)
 
     @property
     def final_val_loss(self) -> float:
@@ -242,12 +244,29 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
 
 
-def _set_fast_math(device: torch.device) -> None:
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device):
+    """TF32 matrix products on a CUDA device while the block runs, then the previous settings.
+
+    TF32 (Ampere and later): float32 range, ~10 bits of mantissa, several times faster; the
+    loss curve does not notice. But the switch is global, so `train` scopes it: code run
+    after `train()` returns (a notebook's exact fp32 comparison, say) sees the flags it had.
+
+    >>> before = torch.backends.cuda.matmul.allow_tf32
+    >>> with tf32_matmuls(torch.device("cuda")):
+    ...     torch.backends.cuda.matmul.allow_tf32
+    True
+    >>> torch.backends.cuda.matmul.allow_tf32 == before
+    True
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if device.type == "cuda":
-        # TF32 matrix products on Ampere and later: float32 range, ~10 bits of mantissa,
-        # several times faster. The loss curve does not notice.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 # --------------------------------------------------------------------------- randomness
@@ -469,7 +488,6 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     """
     device = resolve_device(config)
     amp_dtype = autocast_dtype(config, device)
-    _set_fast_math(device)
     rank, world = _rank(), _world_size()
     train_data = torch.as_tensor(train_data, dtype=torch.long)
     val_data = None if val_data is None else torch.as_tensor(val_data, dtype=torch.long)
@@ -481,6 +499,7 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=device)
         _check_resumable(state, config, checkpoint_path)
+        config = _resumed_schedule(state["train_config"], config, state["step"], rank)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_step = state["history"], state["step"]
@@ -512,59 +531,90 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
         if bar is not None:
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
 
-    if start_step == 0 and config.max_steps > 0:
-        evaluate(0)  # the loss before any training: about ln(vocab_size)
-    for step in range(start_step, config.max_steps):
-        lr = lr_at(step, config.lr, config.warmup_steps, decay_end, config.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(step_seed(config.seed, step, rank))  # this step's dropout masks
-        step_loss = 0.0
-        for micro in range(config.grad_accum_steps):
-            x, y = batch_for_step(train_data, config, step, micro, device)
-            last = micro == config.grad_accum_steps - 1
-            # DDP averages gradients across processes after every backward; between
-            # micro-batches that would be wasted traffic, so only sync on the last one.
-            sync = runner.no_sync() if world > 1 and not last else contextlib.nullcontext()
-            with sync:
-                with _autocast(device, amp_dtype):
-                    _, loss = runner(x, y)
-                # the mean over the micro-batches, not the sum, so lr means the same thing
-                # whatever grad_accum_steps is
-                scaler.scale(loss / config.grad_accum_steps).backward()
-            step_loss += loss.item() / config.grad_accum_steps
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+    with tf32_matmuls(device):   # on CUDA; the old settings are back when train returns
+        if start_step == 0 and config.max_steps > 0:
+            evaluate(0)  # the loss before any training: about ln(vocab_size)
+        for step in range(start_step, config.max_steps):
+            lr = lr_at(step, config.lr, config.warmup_steps, decay_end, config.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(step_seed(config.seed, step, rank))  # this step's dropout masks
+            step_loss = 0.0
+            for micro in range(config.grad_accum_steps):
+                x, y = batch_for_step(train_data, config, step, micro, device)
+                last = micro == config.grad_accum_steps - 1
+                # DDP averages gradients across processes after every backward; between
+                # micro-batches that would be wasted traffic, so only sync on the last one.
+                sync = runner.no_sync() if world > 1 and not last else contextlib.nullcontext()
+                with sync:
+                    with _autocast(device, amp_dtype):
+                        _, loss = runner(x, y)
+                    # the mean over the micro-batches, not the sum, so lr means the same thing
+                    # whatever grad_accum_steps is
+                    scaler.scale(loss / config.grad_accum_steps).backward()
+                step_loss += loss.item() / config.grad_accum_steps
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
-        done = step + 1
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % config.log_interval == 0 or done == config.max_steps:
+                history["step"].append(done)
+                history["loss"].append(step_loss)
+                history["lr"].append(lr)
+                _notify(callbacks, {"event": "train", "step": done, "loss": step_loss, "lr": lr})
+            if done % config.eval_interval == 0 or done == config.max_steps:
+                evaluate(done)
+            every = config.checkpoint_interval or config.eval_interval
+            if checkpoint_path is not None and rank == 0 and (done % every == 0
+                                                              or done == config.max_steps):
+                save_checkpoint(checkpoint_path, model, optimizer, done, config, history)
         if bar is not None:
-            bar.update(1)
-        if done % config.log_interval == 0 or done == config.max_steps:
-            history["step"].append(done)
-            history["loss"].append(step_loss)
-            history["lr"].append(lr)
-            _notify(callbacks, {"event": "train", "step": done, "loss": step_loss, "lr": lr})
-        if done % config.eval_interval == 0 or done == config.max_steps:
-            evaluate(done)
-        every = config.checkpoint_interval or config.eval_interval
-        if checkpoint_path is not None and rank == 0 and (done % every == 0
-                                                          or done == config.max_steps):
-            save_checkpoint(checkpoint_path, model, optimizer, done, config, history)
-    if bar is not None:
-        bar.close()
+            _close_progress_bar(bar)
     model.eval()
     _notify(callbacks, {"event": "end", "step": config.max_steps, "history": history})
     return TrainResult(model, history, config.max_steps, time.perf_counter() - start_time,
-                       checkpoint_path)
+                       checkpoint_path, config)
 
 
-# Fields that may change between a run and its resumption without changing what it computes.
+# Fields that may change between a run and its resumption. All but two leave what each step
+# computes as it was; max_steps and decay_steps move where the cosine ends, so
+# `_resumed_schedule` keeps the saved decay length unless decay_steps asks for a new one.
 _RESUME_MAY_DIFFER = {"max_steps", "decay_steps", "eval_interval", "eval_batches",
                       "log_interval", "checkpoint_interval", "device", "compile"}
+
+
+def _resumed_schedule(saved: dict[str, Any], config: TrainConfig, step: int,
+                      rank: int = 0) -> TrainConfig:
+    """The config a resumed run goes on with: the cosine keeps the saved run's length.
+
+    The decay ends at decay_steps, or at max_steps when decay_steps is 0. Extending a run of
+    2000 steps with max_steps=3000 would otherwise refit the cosine to 3000 steps, and the
+    learning rate would jump from min_lr back up at the step where the run resumes. So an
+    extended run keeps the saved decay end (its extra steps run at min_lr), unless
+    decay_steps is given explicitly; either way one printed line says what happens.
+    """
+    saved_end = saved.get("decay_steps") or saved["max_steps"]
+    say = print if rank == 0 else (lambda *args, **kwargs: None)
+    if config.decay_steps:
+        if config.decay_steps != saved_end:
+            before = lr_at(step - 1, config.lr, config.warmup_steps, saved_end, config.min_lr)
+            after = lr_at(step, config.lr, config.warmup_steps, config.decay_steps, config.min_lr)
+            say(f"resuming at step {step} with decay_steps={config.decay_steps}: the cosine is "
+                f"refitted to end at step {config.decay_steps} instead of {saved_end}, so the "
+                f"learning rate jumps from {before:.2e} to {after:.2e}", flush=True)
+        return config
+    if saved_end != config.max_steps:
+        say(f"resuming at step {step} with max_steps={config.max_steps}: the cosine keeps the "
+            f"saved run's length and still ends at step {saved_end} (min_lr after it); pass "
+            f"decay_steps={config.max_steps} (--decay-steps {config.max_steps}) to refit it "
+            f"instead", flush=True)
+    return dataclasses.replace(config, decay_steps=saved_end)
 
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -582,11 +632,29 @@ def _notify(callbacks: list[Callback], event: dict[str, Any]) -> None:
 
 
 def _progress_bar(start: int, total: int, enabled: bool):
+    """A tqdm bar: text in a terminal, a widget in a notebook (tqdm.auto picks)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
 
-    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+    settings = dict(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+    if tqdm is not notebook_tqdm:
+        return tqdm(**settings)
+    # A saved notebook keeps only the text the widget had when it was displayed ("0/400").
+    # Displaying it under a display id lets `_close_progress_bar` redraw that text at the end.
+    from IPython.display import display
+
+    bar = tqdm(display=False, **settings)
+    bar.display_handle = display(bar.container, display_id=True)
+    return bar
+
+
+def _close_progress_bar(bar) -> None:
+    bar.close()
+    handle = getattr(bar, "display_handle", None)
+    if handle is not None:
+        handle.update(bar.container)   # the stored text now shows the finished bar
 
 
 # --------------------------------------------------------------------------- the command
@@ -701,7 +769,7 @@ def run_from_args(argv: list[str] | None = None) -> TrainResult:
             "tokens_per_step": config.tokens_per_step,
             "final_train_loss": round(result.final_train_loss, 4),
             "final_val_loss": round(result.final_val_loss, 4),
-            "train_config": asdict(config),
+            "train_config": asdict(result.config),
             "history": result.history,
         }
         save_pretrained(out_dir / "model.safetensors", model, tokenizer, record)
@@ -735,4 +803,4 @@ if __name__ == "__main__":
 
 __all__ = ["TrainConfig", "TrainResult", "PRESETS", "preset", "train", "estimate_loss", "split_loss",
            "batch_for_step", "step_seed", "save_checkpoint", "load_checkpoint",
-           "CheckpointError", "atomic_save", "checksum", "build_model"]
+           "CheckpointError", "atomic_save", "checksum", "build_model", "tf32_matmuls"]
