@@ -1,7 +1,9 @@
 """The live loss curve widget, driven from Python: as a callback, and through its controls."""
 
+import html
 import math
 
+from utils.widgets.display import placeholder_png
 from utils.widgets.training_curves import moving_average, training_curves
 
 REFERENCE = {"uniform ln V": math.log(76), "bigram": 2.49}
@@ -58,10 +60,41 @@ def test_diverged_run_shows_an_error_message_not_a_traceback():
     assert "diverged" in w.message.value
 
 
-def test_bad_event_is_reported_inside_the_widget():
+def test_one_event_without_loss_is_left_out_and_the_widget_keeps_working():
     w = training_curves(min_interval_s=0.0)
     w.update({"event": "train", "step": 1})  # no loss: a broken caller
-    assert "Could not show" in w.message.value
+    assert "Left out: 1 train event without 'loss'" in html.unescape(w.message.value)
+    assert w.history["step"] == [] and w.history["lr"] == []      # nothing half-recorded
+    for step in (2, 3):
+        w.update({"event": "train", "step": step, "loss": 3.0 / step, "lr": 1e-3})
+    w.update({"event": "eval", "step": 3, "train": 1.0})          # val may be missing
+    assert w.history["step"] == [2, 3] and w.history["loss"] == [1.5, 1.0]
+    assert "step 3: batch loss 1.000" in w.message.value and "Could not" not in w.message.value
+    assert w.image.value != placeholder_png()
+
+
+def test_an_event_that_cannot_be_read_clears_the_picture():
+    w = training_curves(_history(), min_interval_s=0.0)
+    w.update({"event": "train", "step": "soon", "loss": 1.0, "lr": 1e-3})
+    assert "Could not show" in w.message.value and w.image.value == placeholder_png()
+    assert len(w.history["step"]) == len(w.history["loss"]) == 40  # nothing half-recorded
+    w.update({"event": "train", "step": 41, "loss": 1.0, "lr": 1e-3})
+    assert w.image.value != placeholder_png()
+
+
+def test_steps_print_as_whole_numbers():
+    w = training_curves(min_interval_s=0.0)
+    w.update({"event": "train", "step": 100.0, "loss": 2.0, "lr": 1e-3})
+    w.update({"event": "eval", "step": 100.0, "train": 2.0, "val": 2.1})
+    assert "step 100: batch loss" in w.message.value and "at step 100 train" in w.message.value
+    assert "100.0" not in w.message.value
+    floats = {**_history(3), "step": [1.0, 2.0, 3.0], "eval_step": [0.0, 3.0]}
+    assert "step 3: batch" in training_curves(floats).message.value
+
+
+def test_picture_is_shown_at_its_own_size():
+    w = training_curves()
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None
 
 
 def test_moving_average():

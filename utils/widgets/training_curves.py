@@ -12,7 +12,9 @@ logged points), `curves.controls["log_y"]` (log scale), `curves.controls["refere
 `curves.history` holds what was recorded (the same keys as `TrainResult.history`).
 
 Redraws during training are throttled (at most one every `min_interval_s`, plus one at each
-evaluation and at the end), so plotting never slows training noticeably.
+evaluation and at the end), so plotting never slows training noticeably. An event that lacks
+a number it needs (a "train" event without `loss`) is left out whole and counted in the
+message, so one broken event never leaves the history's lists of different lengths.
 """
 
 from __future__ import annotations
@@ -25,9 +27,27 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
 
 LOSS_KEYS = ("step", "loss", "lr", "eval_step", "train", "val")
+NEEDED = {"train": ("step", "loss"), "eval": ("step", "train")}   # lr and val may be missing
+
+
+def step_text(step: float) -> str:
+    """An optimizer step as people write it: 100, not 100.0.
+
+    >>> step_text(100.0), step_text(7)
+    ('100', '7')
+    """
+    return str(int(step)) if float(step).is_integer() else f"{step:g}"
 
 
 def moving_average(values: list[float], window: int) -> np.ndarray:
@@ -92,14 +112,14 @@ def summary(history: dict[str, list], reference: dict[str, float] | None = None)
         return "No steps recorded yet: pass `curves.update` to train(..., callbacks=[...]).", "info"
     parts, level = [], "info"
     if history.get("step"):
-        last = history["loss"][-1]
-        parts.append(f"step {history['step'][-1]}: batch loss {last:.3f}")
+        last, step = history["loss"][-1], step_text(history["step"][-1])
+        parts.append(f"step {step}: batch loss {last:.3f}")
         if not math.isfinite(last):
-            return (f"step {history['step'][-1]}: the loss is {last} — training diverged. "
+            return (f"step {step}: the loss is {last} — training diverged. "
                     "Lower the learning rate or turn on gradient clipping.", "error")
     if history.get("eval_step"):
         val = history["val"][-1]
-        parts.append(f"at step {history['eval_step'][-1]} train {history['train'][-1]:.3f}, "
+        parts.append(f"at step {step_text(history['eval_step'][-1])} train {history['train'][-1]:.3f}, "
                      f"val {val:.3f} ({val / math.log(2):.2f} bits per token)")
         beaten = [name for name, v in (reference or {}).items() if val < v]
         if reference:
@@ -113,16 +133,28 @@ class _Live:
     def __init__(self, history: dict[str, list], redraw, min_interval_s: float) -> None:
         self.history, self.redraw, self.min_interval_s = history, redraw, min_interval_s
         self.last_draw = 0.0
+        self.ignored: dict[str, int] = {}     # "train event without 'loss'" -> how many
+
+    def record(self, kind: str, event: dict[str, Any]) -> None:
+        """Append one event's numbers to every list at once, or none of them."""
+        lacking = [key for key in NEEDED[kind] if event.get(key) is None]
+        if lacking:
+            why = f"{kind} event without {' or '.join(repr(k) for k in lacking)}"
+            self.ignored[why] = self.ignored.get(why, 0) + 1
+            return
+        if kind == "train":
+            row = {"step": int(event["step"]), "loss": float(event["loss"]),
+                   "lr": float(event.get("lr", math.nan))}
+        else:
+            row = {"eval_step": int(event["step"]), "train": float(event["train"]),
+                   "val": float(event.get("val", math.nan))}
+        for key, value in row.items():             # all conversions done: nothing half-added
+            self.history[key].append(value)
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind == "train":
-            for key in ("step", "loss", "lr"):
-                self.history[key].append(float(event[key]))
-        elif kind == "eval":
-            self.history["eval_step"].append(event["step"])
-            self.history["train"].append(float(event["train"]))
-            self.history["val"].append(float(event["val"]))
+        if kind in NEEDED:
+            self.record(kind, event)
         now = time.monotonic()
         if kind in ("eval", "end") or now - self.last_draw >= self.min_interval_s:
             self.last_draw = now
@@ -147,20 +179,26 @@ def training_curves(history: dict[str, list] | None = None,
                                layout=widgets.Layout(width="320px"))
     log_y = widgets.Checkbox(value=False, description="log scale")
     show_refs = widgets.Checkbox(value=True, description="reference lines")
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()
+    live: _Live | None = None
 
-    @guarded(message, "the training curves")
+    @guarded(message, "the training curves", picture=image)
     def update_view(_=None) -> None:
         refs = reference if show_refs.value else None
         image.value = figure_to_png(plot_history(recorded, refs, smooth.value, log_y.value, title))
         text, level = summary(recorded, reference)
         message.value = message_html(text, level)
+        if live is not None and live.ignored:
+            ignored = "; ".join(f"{n} {why}" for why, n in live.ignored.items())
+            message.value += message_html(f"Left out: {ignored} (the trainer's events carry "
+                                          "step, loss and lr; evaluations step, train and val).",
+                                          "warning")
 
     controls = {"smoothing": smooth, "log_y": log_y, "references": show_refs}
     watch(controls, update_view)
-    box = widget_box([widgets.HBox([smooth, log_y, show_refs]), image, message], controls,
-                     image=image, message=message)
+    box = widget_box([widgets.HBox([smooth, log_y, show_refs]), scrolling(image), message],
+                     controls, image=image, message=message)
     box.history = recorded
-    box.update = guarded(message, "the training curves")(_Live(recorded, update_view,
-                                                               min_interval_s))
+    live = _Live(recorded, update_view, min_interval_s)
+    box.update = guarded(message, "the training curves", picture=image)(live)
     return box
