@@ -5,6 +5,7 @@ import re
 import pytest
 
 from utils.kv_memory import GIB, MODELS, kv_cache_bytes
+from utils.widgets.display import placeholder_png
 from utils.widgets.kv_memory import CUSTOM, kv_memory_calculator
 
 
@@ -85,3 +86,38 @@ def test_custom_variants_and_bad_input(calc):
 def test_unknown_model_name_is_refused():
     with pytest.raises(ValueError, match="model must be one of"):
         kv_memory_calculator(model="GPT-5")
+
+
+def test_bad_custom_numbers_clear_the_picture():
+    w = kv_memory_calculator()
+    w.controls["model"].value = CUSTOM
+    w.controls["n_head"].value = 0
+    assert "between 1" in w.message.value and w.image.value == placeholder_png()
+    w.controls["n_head"].value = 32
+    assert w.image.value != placeholder_png() and "each token adds" in w.message.value
+
+
+def test_gqa_after_deepseek_then_custom_is_really_grouped():
+    w = kv_memory_calculator()
+    w.controls["model"].value = "DeepSeek-V3"                       # MLA, 128 heads
+    w.controls["model"].value = CUSTOM
+    w.controls["variant"].value = "GQA"
+    kv = w.controls["n_kv_head"].value
+    assert 1 < kv < w.controls["n_head"].value and w.controls["n_head"].value % kv == 0
+    assert re.sub("<[^>]+>", "", w.message.value).startswith("GQA: each token adds")
+    w.controls["n_kv_head"].value = w.controls["n_head"].value     # typed by hand: MHA really
+    assert "is MHA" in w.message.value and w.image.value == placeholder_png()
+
+
+def test_small_shares_keep_two_significant_digits():
+    w = kv_memory_calculator("Llama 3.1 405B")                     # 33 MB of cache vs 405 GB
+    w.controls["context"].value = 128
+    w.controls["dtype"].value = "fp8"
+    share = re.search(r"the cache is ([\d.]+)% of that", w.message.value).group(1)
+    assert float(share) > 0 and share != "0.0"
+
+
+def test_labels_fit_and_picture_is_at_its_own_size():
+    w = kv_memory_calculator()
+    assert int(w.controls["variant"].style.button_width.rstrip("px")) >= 60
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None

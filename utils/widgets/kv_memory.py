@@ -12,7 +12,16 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from utils.kv_memory import BYTES_PER_VALUE, GIB, MODELS, AttentionSpec, shipped_spec
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    CannotShow,
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
 
 CUSTOM = "custom"
 CONTEXTS = [2**k for k in range(7, 18)]           # 128 ... 131,072 tokens
@@ -31,6 +40,28 @@ def _size(n_bytes: float) -> str:
             return f"{n_bytes / size:,.3g} {unit}" if n_bytes < 1000 * size else \
                 f"{n_bytes / size:,.0f} {unit}"
     return f"{n_bytes:,.0f} B"
+
+
+def _share(ratio: float) -> str:
+    """A ratio as a percentage with two significant digits: 0.0061%, never 0.0%.
+
+    >>> _share(0.000061), _share(0.25), _share(3.0)
+    ('0.0061%', '25%', '3×')
+    """
+    if ratio >= 1:
+        return f"{ratio:,.3g}×"
+    return f"{100 * ratio:.2g}%"
+
+
+def gqa_default(n_head: int) -> int:
+    """K/V heads for a grouped-query default: a divisor of n_head strictly between 1 and
+    n_head, as near n_head / 4 as possible (1 when there is none, e.g. a prime head count).
+
+    >>> gqa_default(128), gqa_default(12), gqa_default(7)
+    (32, 3, 1)
+    """
+    groups = [k for k in range(2, n_head) if n_head % k == 0]
+    return min(groups, key=lambda k: (abs(k - n_head / 4), k)) if groups else 1
 
 
 def _nearest_context(tokens: int) -> int:
@@ -82,8 +113,8 @@ def describe(spec: AttentionSpec, tokens: int, batch: int, dtype: str) -> str:
         text += f" The {spec.window:,}-token sliding window caps the cache."
     weights = spec.weights_bytes(size)
     if weights is not None:
-        ratio = cache / weights
-        share = f"{ratio:.1%} of that" if ratio < 1 else f"{ratio:,.3g}× that"
+        share = _share(cache / weights)
+        share += " of that" if cache < weights else " that"
         text += f" Weights: {_size(weights)}; the cache is {share}."
     return text
 
@@ -96,10 +127,11 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
     (SelectionSlider, 128 ... 131,072 tokens), "batch" (IntSlider), "dtype" (ToggleButtons:
     fp32/bf16/fp16/fp8/int8), "variant" (ToggleButtons: MHA/GQA/MQA/MLA) and the numbers
     "n_layer", "n_head", "n_kv_head", "d_head", "latent" (IntText; editable for "custom").
-    Outputs: `w.image` (PNG of the bars) and `w.message` (HTML with the numbers). Choosing a
-    model copies its numbers into the fields and moves the slider to its context; a custom
-    configuration that cannot exist (K/V heads that do not divide the heads, a zero) shows a
-    message.
+    Outputs: `w.image` (PNG of the bars, at its own size) and `w.message` (HTML with the
+    numbers). Choosing a model copies its numbers into the fields and moves the slider to its
+    context; choosing GQA for a custom model whose K/V heads equal its heads sets a real
+    group count; a custom configuration that cannot exist (K/V heads that do not divide the
+    heads, a zero, "GQA" with as many K/V heads as heads) shows a message instead of bars.
 
     >>> w = kv_memory_calculator()
     >>> before = w.image.value
@@ -112,6 +144,7 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
     if model not in by_name and model != CUSTOM:
         raise ValueError(f"model must be one of {list(by_name) + [CUSTOM]}, got {model!r}")
     style = {"description_width": "70px"}
+    field_style = {"description_width": "80px"}
     controls = {
         "model": widgets.Dropdown(options=[*by_name, CUSTOM], value=model, description="model",
                                   style=style),
@@ -122,19 +155,20 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
         "batch": widgets.IntSlider(1, min=1, max=64, description="batch",
                                    continuous_update=False, style=style),
         "dtype": widgets.ToggleButtons(options=list(BYTES_PER_VALUE), value="bf16",
-                                       description="dtype", style={"button_width": "50px"}),
+                                       description="dtype", style={"button_width": "56px"}),
+        # wide enough for the label in any font (50 px clipped "MQA" to "M…")
         "variant": widgets.ToggleButtons(options=["MHA", "GQA", "MQA", "MLA"], value="GQA",
                                          description="attention",
-                                         style={"button_width": "50px"}),
-        "n_layer": widgets.IntText(32, description="layers", style=style),
-        "n_head": widgets.IntText(32, description="heads", style=style),
-        "n_kv_head": widgets.IntText(8, description="K/V heads", style=style),
-        "d_head": widgets.IntText(128, description="d_head", style=style),
-        "latent": widgets.IntText(576, description="MLA latent", style=style),
+                                         style={"button_width": "64px"}),
+        "n_layer": widgets.IntText(32, description="layers", style=field_style),
+        "n_head": widgets.IntText(32, description="heads", style=field_style),
+        "n_kv_head": widgets.IntText(8, description="K/V heads", style=field_style),
+        "d_head": widgets.IntText(128, description="d_head", style=field_style),
+        "latent": widgets.IntText(576, description="MLA latent", style=field_style),
     }
-    for name in FIELDS:
-        controls[name].layout = widgets.Layout(width="170px")
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    for name in FIELDS:       # room for "MLA latent" and a 5-digit number (170 px clipped it)
+        controls[name].layout = widgets.Layout(width="190px", flex="0 0 auto")
+    image, message = picture_image(), widgets.HTML()
     state = {"syncing": False}
 
     def custom_spec() -> AttentionSpec:
@@ -145,6 +179,10 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
                                  f"{LIMITS[name]:,}, got {value}")
         variant = controls["variant"].value
         kv = {"MHA": values["n_head"], "MQA": 1}.get(variant, values["n_kv_head"])
+        if variant == "GQA" and kv in (1, values["n_head"]):
+            same = "MQA" if kv == 1 else "MHA"
+            raise ValueError(f"GQA needs more than 1 and fewer K/V heads than the "
+                             f"{values['n_head']} heads: {kv} K/V heads is {same}")
         if variant == "MLA":   # the latent holds everything cached, rotary part included
             return AttentionSpec(CUSTOM, values["n_layer"], values["n_head"], values["n_head"],
                                  values["d_head"], CONTEXTS[-1], kv_lora_rank=values["latent"])
@@ -160,7 +198,17 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
         controls["n_kv_head"].disabled = not (custom and variant == "GQA")
         controls["latent"].disabled = not (custom and variant == "MLA")
 
-    @guarded(message, "this model")
+    def follow_variant(_change=None) -> None:
+        """Custom GQA starts from real groups: K/V heads copied from an MHA or MLA model
+        (as many as heads) would otherwise make the "GQA" toggle draw an MHA cache."""
+        if state["syncing"] or controls["model"].value != CUSTOM:
+            return
+        n_head, kv = controls["n_head"].value, controls["n_kv_head"].value
+        if controls["variant"].value == "GQA" and 1 <= n_head <= LIMITS["n_head"] and \
+                (kv in (1, n_head) or not 1 <= kv <= n_head or n_head % kv):
+            controls["n_kv_head"].value = gqa_default(n_head)
+
+    @guarded(message, "this model", picture=image)
     def choose_model(_change=None) -> None:
         name = controls["model"].value
         state["syncing"] = True
@@ -179,7 +227,7 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
             state["syncing"] = False
         update()
 
-    @guarded(message, "the KV-cache size")
+    @guarded(message, "the KV-cache size", picture=image)
     def update(_change=None) -> None:
         if state["syncing"]:
             return
@@ -189,8 +237,7 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
             try:
                 spec = custom_spec()
             except ValueError as error:
-                message.value = message_html(f"{error}. Change the numbers above.", "warning")
-                return
+                raise CannotShow(f"{error}. Change the numbers above.") from error
         else:
             spec = by_name[name]
         tokens, batch = controls["context"].value, controls["batch"].value
@@ -204,6 +251,7 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
             text += f" Note: {spec.note}."
         message.value = message_html(text)
 
+    controls["variant"].observe(follow_variant, names="value")   # before `update` sees it
     controls["model"].observe(choose_model, names="value")
     watch({k: c for k, c in controls.items() if k != "model"}, update)
     choose_model()
@@ -211,5 +259,5 @@ def kv_memory_calculator(model: str = "Llama 3.1 8B", specs: list[AttentionSpec]
             widgets.HBox([controls["context"], controls["batch"]]),
             controls["variant"],
             widgets.HBox([controls[name] for name in FIELDS]),
-            image, message]
+            scrolling(image), message]
     return widget_box(rows, controls, image=image, message=message)
