@@ -8,7 +8,13 @@ import math
 
 import torch
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.checks import ch02 as check
 from utils.embeddings import rotate_pairs, sinusoidal_positions
 from utils.word_vectors import cosine_similarity
@@ -216,3 +222,51 @@ def test_equivariance_rejects_exact_equality():
 def test_equivariance_rejects_non_bool():
     assert "True or False" in assert_rejects(check.is_permutation_equivariant,
                                              lambda layer, x, perm: "yes")
+
+
+# ---- every grader tries more than its first case ---------------------------------------------
+# Each wrong answer below is right on the grader's first hand-picked case only: a grader thinned
+# to that one case would accept it.
+
+def test_every_grader_goes_past_its_first_case():
+    wrong_table = lambda T, d: sinusoidal_positions(T, d).flip(0)
+    assert_rejects(check.sinusoidal_positions,
+                   right_on_first_call_only(sinusoidal_positions, wrong_table))
+    assert_rejects(check.rotate_pair, right_on_first_call_only(
+        rotate_pair, lambda x1, x2, a: rotate_pair(x1, x2, -a)))
+    assert_rejects(check.cosine_similarity, right_on_first_call_only(
+        cosine_similarity, lambda a, b: (a * b).sum(-1)))
+    assert_rejects(check.is_permutation_equivariant, right_on_first_call_only(
+        is_permutation_equivariant, lambda layer, x, perm: True))
+
+
+# ---- answers of the wrong type, and inputs made the way the chapter makes them ---------------
+
+def test_lists_where_tensors_are_expected_are_rejected():
+    assert "tensor" in assert_rejects(check.sinusoidal_positions,
+                                      lambda T, d: sinusoidal_positions(T, d).tolist())
+    assert "tensor" in assert_rejects(check.cosine_similarity,
+                                      lambda a, b: cosine_similarity(a, b).tolist())
+    assert "tensor" in assert_rejects(
+        check.rotate_pair, lambda x1, x2, a: tuple(y.tolist() for y in rotate_pair(x1, x2, a)))
+
+
+def test_rotate_pair_rejects_view_on_the_sliced_halves_of_a_pair():
+    def flattened(x1, x2, angle):  # x[..., 0::2] is not contiguous: .view(-1) raises on it
+        shape = x1.shape
+        y1, y2 = rotate_pair(x1.view(-1), x2.view(-1), angle.reshape(-1))
+        return y1.view(shape), y2.view(shape)
+    assert "view" in assert_rejects(check.rotate_pair, flattened)
+
+
+def test_cosine_rejects_squared_lengths_multiplied_before_the_root():
+    # fine for ordinary vectors; the product of squared lengths overflows for huge ones
+    wrong = lambda a, b: (a * b).sum(-1) / torch.sqrt((a * a).sum(-1) * (b * b).sum(-1)).clamp_min(1e-8)
+    assert "overflowed" in assert_rejects(check.cosine_similarity, wrong)
+
+
+def test_cosine_broadcasts_a_batch_of_queries_against_a_table():
+    def row_by_row(a, b):  # matrix-vector products: right for [n, d] with [d] only
+        return (a @ b.T if b.dim() > 1 and a.dim() > 1 else (a * b).sum(-1)) / (
+            a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
+    assert_rejects(check.cosine_similarity, row_by_row)

@@ -20,7 +20,7 @@ from utils.checks.grading import (
     Hint,
     compare_with_reference,
     expect_close,
-    expect_shape,
+    expect_tensor,
     grader,
     seeded_cases,
 )
@@ -75,7 +75,7 @@ def _table_mistake(got, expected, T: int, d: int) -> str | None:
 
 
 def _compare_table(got, expected, what: str) -> None:
-    expect_shape(got, tuple(expected.shape), what)
+    got = expect_tensor(got, tuple(expected.shape), what)   # a nested list is not a table
     expect_close(got, expected, what, atol=1e-4)
 
 
@@ -85,7 +85,7 @@ def sinusoidal_positions(fn: Callable[[int, int], Any]) -> None:
     cases = [(4, 6), (1, 2), (50, 16), (0, 8), (128, 64)]
     cases += seeded_cases(lambda rng: (int(rng.integers(1, 200)), 2 * int(rng.integers(1, 65))),
                           n=12, seed=20)
-    compare_with_reference(fn, _sinusoidal, cases, _compare_table, name="sinusoidal_positions",
+    compare_with_reference(fn, _sinusoidal, cases, _compare_table, name="my_sinusoidal_positions",
                            diagnose=_table_mistake)
     return "Row p is a different mix of fast and slow waves for every position."
 
@@ -108,11 +108,10 @@ def _compare_pair(got, expected, what: str) -> None:
     if not isinstance(got, tuple | list) or len(got) != 2:
         raise Hint(f"{what}: return the rotated pair as a tuple (y1, y2), got "
                    f"{type(got).__name__}")
-    try:
-        stacked = torch.stack([torch.as_tensor(got[0]), torch.as_tensor(got[1])]).double()
-    except (TypeError, RuntimeError, ValueError):
-        raise Hint(f"{what}: y1 and y2 should be tensors shaped like x1") from None
-    expect_close(stacked, torch.stack(expected), what)
+    shape = tuple(expected[0].shape)
+    y1 = expect_tensor(got[0], shape, f"{what}: y1 (shaped like x1)")
+    y2 = expect_tensor(got[1], shape, f"{what}: y2 (shaped like x1)")
+    expect_close(torch.stack([y1, y2]).double(), torch.stack(expected), what)
 
 
 def _rotate_mistake(got, expected, x1, x2, angle) -> str | None:
@@ -153,11 +152,21 @@ def rotate_pair(fn: Callable[..., Any]) -> None:
         (torch.tensor([1.0, 2.0, -0.5]), torch.tensor([0.5, -1.0, 2.0]),
          torch.tensor([0.1, 2.0, -3.0])),
     ]
+    # the pairs of queries as a model hands them to RoPE: heads transposed out of [B, T, h, d],
+    # then even and odd channels sliced apart, with one angle per (position, pair) expanded
+    # over batch and heads. None of the three is contiguous, so a .view() on them fails
+    q = torch.randn(2, 5, 2, 8, generator=torch.Generator().manual_seed(21)).transpose(1, 2)
+    angle = (torch.arange(5.0)[:, None] * pair_frequencies(8)).expand(2, 2, 5, 4)
+    cases.append((q[..., 0::2], q[..., 1::2], angle))
     cases += seeded_cases(_rope_case, n=12, seed=21)
     try:
         compare_with_reference(fn, _rotate, cases, _compare_pair, name="rotate_pair",
                                diagnose=_rotate_mistake)
     except Hint as hint:
+        if "view size is not compatible" in str(hint):
+            raise Hint(f"{hint} — the halves of a pair are slices of a larger tensor, not "
+                       "contiguous in memory: use .reshape, or better, no reshaping at all "
+                       "(cos, sin and * work element-wise on any shape)") from None
         if "only one element tensors" in str(hint):  # math.cos on a tensor of several angles
             raise Hint(f"{hint} — use torch.cos and torch.sin, which work element-wise; "
                        "math.cos only accepts a single number") from None
@@ -190,6 +199,11 @@ def _cosine_mistake(got, expected, a, b) -> str | None:
         return ("a zero vector gave NaN (0 / 0); its similarity to anything is 0: guard the "
                 "division, e.g. lengths.clamp_min(1e-8)")
     dot = (a * b).sum(-1)
+    squared = (a.float() * a.float()).sum(-1) * (b.float() * b.float()).sum(-1)   # in float32
+    if not torch.isfinite(squared).all() and _close(got, dot.float() / squared.sqrt()):
+        return ("the product of the squared lengths overflowed float32 (it is inf here, with "
+                "entries near 1e12): take each length's square root first, "
+                "a.norm(dim=-1) * b.norm(dim=-1), which stays finite")
     named = [
         (dot, "that is the plain dot product; divide by both lengths"),
         (dot / a.norm(dim=-1).clamp_min(1e-12), "you divided by one vector's length only; "
@@ -207,6 +221,11 @@ def _cosine_mistake(got, expected, a, b) -> str | None:
     return None
 
 
+def _compare_cosine(got, expected, what: str) -> None:
+    got = expect_tensor(got, tuple(expected.shape), what)   # a list of floats is not enough
+    expect_close(got, expected, what, atol=1e-5)
+
+
 @grader
 def cosine_similarity(fn: Callable[[torch.Tensor, torch.Tensor], Any]) -> None:
     """Exercise 3: cosine similarity along the last dimension, broadcasting like `*`."""
@@ -221,9 +240,13 @@ def cosine_similarity(fn: Callable[[torch.Tensor, torch.Tensor], Any]) -> None:
     ]
     cases += seeded_cases(_cosine_case, n=15, seed=22)
     cases.append((torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([3.0, -1.0])))  # a zero row
-    compare_with_reference(fn, _cosine, cases,
-                           lambda got, exp, what: expect_close(got, exp, what, atol=1e-5),
-                           name="cosine_similarity", diagnose=_cosine_mistake)
+    # every query against every row of a table: [3, 1, d] with [4, d] broadcasts to [3, 4]
+    cases.append((torch.randn(3, 1, 6, generator=g), torch.randn(4, 6, generator=g)))
+    # cosine ignores length, so huge vectors are fair: their squared lengths multiplied
+    # together overflow float32 (1e50 > 3e38), the two lengths multiplied do not
+    cases.append((torch.randn(3, 8, generator=g) * 1e12, torch.randn(8, generator=g) * 1e13))
+    compare_with_reference(fn, _cosine, cases, _compare_cosine, name="my_cosine_similarity",
+                           diagnose=_cosine_mistake)
     return "Length no longer matters, only direction."
 
 
