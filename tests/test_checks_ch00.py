@@ -7,7 +7,13 @@ import math
 
 import torch
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.checks import ch00 as check
 
 
@@ -60,6 +66,17 @@ def test_rnn_step_rejects_changing_h_in_place():
         h += x @ W_x + b  # looks like an update, but it overwrites the caller's h
         return torch.tanh(h @ W_h)
     assert "changed its input" in assert_rejects(check.rnn_step, in_place)
+
+
+def test_rnn_step_rejects_a_list_or_array():
+    assert "tensor" in assert_rejects(check.rnn_step, lambda *a: rnn_step(*a).tolist())
+    assert "tensor" in assert_rejects(check.rnn_step, lambda *a: rnn_step(*a).numpy())
+
+
+def test_rnn_step_rejects_an_answer_right_only_on_the_first_case():
+    # without the bias: right wherever b = 0, so a grader thinned to one case would pass it
+    assert_rejects(check.rnn_step, right_on_first_call_only(
+        rnn_step, lambda h, x, W_h, W_x, b: torch.tanh(x @ W_x + h @ W_h)))
 
 
 def test_rnn_step_rejects_exit():
@@ -116,6 +133,11 @@ def test_run_rnn_rejects_a_list():
     assert "tensor" in assert_rejects(check.run_rnn, lambda *a: list(run_rnn(*a)))
 
 
+def test_run_rnn_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.run_rnn, right_on_first_call_only(
+        run_rnn, lambda xs, h0, *w: run_rnn(xs, torch.zeros_like(h0), *w)))
+
+
 # ---- exercise 3: every pair at once ------------------------------------------------------
 
 def test_all_pairs_scores_accepts_solution_and_loop():
@@ -144,6 +166,16 @@ def test_all_pairs_scores_rejects_early_scaling_and_cosine():
 
 def test_all_pairs_scores_rejects_square_only_product():
     assert_rejects(check.all_pairs_scores, lambda X: X @ X)
+
+
+def test_all_pairs_scores_rejects_nested_lists_and_arrays():
+    assert "tensor" in assert_rejects(check.all_pairs_scores, lambda X: (X @ X.T).tolist())
+    assert "tensor" in assert_rejects(check.all_pairs_scores, lambda X: (X @ X.T).numpy())
+
+
+def test_all_pairs_scores_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.all_pairs_scores, right_on_first_call_only(
+        lambda X: X @ X.T, lambda X: X @ X.T / math.sqrt(X.shape[-1])))
 
 
 # ---- exercise 4: the remaining signal ----------------------------------------------------

@@ -10,7 +10,13 @@ from itertools import pairwise
 
 import numpy as np
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils import tokenizers
 from utils.checks import ch01 as check
 
@@ -416,3 +422,40 @@ def test_train_bpe_rejects_counting_only_once():
 
 def test_train_bpe_rejects_a_list_of_pairs():
     assert "dict" in assert_rejects(check.train_bpe, lambda text, n: list(train_bpe(text, n)))
+
+
+# -- every grader: cases beyond the first hand-picked one are needed -------------------------
+# Each wrong answer is right on the grader's first case, so a grader thinned to that case
+# would accept it.
+
+def test_pair_counts_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.get_pair_counts, right_on_first_call_only(
+        tokenizers.get_pair_counts, lambda ids: {}))
+
+
+def test_merge_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.merge, right_on_first_call_only(tokenizers.merge, lambda ids, pair, new: ids))
+
+
+def test_bytes_per_token_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.bytes_per_token, right_on_first_call_only(
+        solution_bytes_per_token, lambda text, ids: len(text) / len(ids) if ids else 0.0))
+
+
+def test_encode_chunk_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.encode_chunk, right_on_first_call_only(
+        encode_chunk, lambda ids, merges: list(ids)))
+
+
+def test_train_bpe_rejects_an_answer_right_only_on_the_first_case():
+    assert_rejects(check.train_bpe, right_on_first_call_only(train_bpe, _train_with(tie=False)))
+
+
+def test_id_lists_of_floats_are_rejected():
+    # 9.0 == 9 in Python, so a comparison of lists alone would accept float ids
+    assert "int" in assert_rejects(
+        check.merge, lambda ids, pair, new: [float(i) for i in tokenizers.merge(ids, pair, new)])
+    assert "int" in assert_rejects(
+        check.encode_chunk, lambda ids, merges: [float(i) for i in encode_chunk(ids, merges)])
+    assert "int" in assert_rejects(
+        check.train_bpe, lambda text, n: {p: float(i) for p, i in train_bpe(text, n).items()})

@@ -39,6 +39,15 @@ def _weights(rng: np.random.Generator, d_in: int, d_hidden: int) -> tuple[torch.
         t(d_hidden) * 0.5
 
 
+def _compare_tensor(got, expected, what: str, atol: float = 1e-5) -> None:
+    """A tensor of the reference's shape and values: a list or a NumPy array is a wrong answer
+    (the next step, and every later chapter, feeds the result to torch operations)."""
+    if not isinstance(got, torch.Tensor):
+        raise Hint(f"{what}: return a torch tensor, got {type(got).__name__} (keep the result "
+                   "as the tensor torch computed; no .tolist() or .numpy())")
+    expect_close(got, expected, what, atol=atol)
+
+
 def _reference_step(h, x, W_h, W_x, b):
     return torch.tanh(x @ W_x + h @ W_h + b)
 
@@ -84,8 +93,8 @@ def rnn_step(fn):
     h, x = torch.full((4, 4), 0.5), torch.linspace(-1, 1, 12).view(4, 3)
     cases.append((h, x, *_weights(rng, 3, 4)))
     cases += seeded_cases(_step_case, n=20, seed=100)
-    compare_with_reference(fn, _reference_step, cases, lambda got, exp, what: expect_close(
-        got, exp, what), name="rnn_step", diagnose=_step_mistake)
+    compare_with_reference(fn, _reference_step, cases, _compare_tensor, name="rnn_step",
+                           diagnose=_step_mistake)
     return "One step of the relay: everything the RNN knows must fit in h."
 
 
@@ -190,7 +199,7 @@ def all_pairs_scores(fn):
              (torch.tensor([[1.0, 2.0], [3.0, -1.0]]),)]              # square: T == d
     cases += seeded_cases(_scores_case, n=20, seed=300)
     compare_with_reference(fn, lambda X: X @ X.T, cases,
-                           lambda got, exp, what: expect_close(got, exp, what, atol=1e-4),
+                           lambda got, exp, what: _compare_tensor(got, exp, what, atol=1e-4),
                            name="all_pairs_scores", diagnose=_scores_mistake)
     return "T × T scores from one product: this is where attention starts."
 

@@ -32,6 +32,11 @@ HAND_MERGES: dict[tuple[int, int], int] = {
 }
 
 
+def _is_id(i: Any) -> bool:
+    """A token id: an int (NumPy ints too), not a float, a bool or a string."""
+    return isinstance(i, int | np.integer) and not isinstance(i, bool)
+
+
 def _ids_case(rng: np.random.Generator) -> list[int]:
     """A realistic id list: ids from a small pool (so pairs repeat and runs like a a a occur),
     mixing bytes and merged ids (>= 256, as every id is after the first merges)."""
@@ -121,6 +126,9 @@ def _compare_merge(got, expected, what: str) -> None:
     got = list(got) if isinstance(got, tuple) else got
     if not isinstance(got, list):
         raise Hint(f"{what}: return a list of ids, got {type(got).__name__}")
+    odd = next((i for i in got if not _is_id(i)), None)
+    if odd is not None:   # 9.0 == 9 in Python, but a float id cannot index an embedding
+        raise Hint(f"{what}: ids are whole numbers (int), got a {type(odd).__name__} {odd!r}")
     expect_equal(got, expected, what)
 
 
@@ -137,13 +145,19 @@ def _merge_reusing_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> li
 
 def _merge_mistake(got, expected, ids, pair, new_id) -> str | None:
     got = list(got) if isinstance(got, tuple) else got
-    if got == _merge_reusing_ids(ids, pair, new_id):
+    if not isinstance(got, list) or not all(_is_id(i) for i in got):
+        return None  # the comparison's own hint (a list of int ids) says it best
+
+    def made(wrong: list[int]) -> bool:   # this mistake, where it changes the answer
+        return wrong != expected and got == wrong
+
+    if made(_merge_reusing_ids(ids, pair, new_id)):
         return ("an id was used twice: once two ids are merged they are used up, so "
                 "merge([a, a, a], (a, a), new) is [new, a]; skip past both ids of a merged pair")
-    if got == _merge(ids[:-1], pair, new_id) + ids[-1:]:
+    if made(_merge(ids[:-1], pair, new_id) + ids[-1:]):
         return ("the pair at the very end was not merged (off-by-one in the loop that looks "
                 "at ids[i] and ids[i + 1])")
-    if got == _merge(ids[::-1], pair[::-1], new_id)[::-1]:
+    if made(_merge(ids[::-1], pair[::-1], new_id)[::-1]):
         return "you scanned right to left; BPE merges left to right, so [a, a, a] gives [new, a]"
     if got.count(new_id) == 1 and expected.count(new_id) > 1:
         return "only the first occurrence was replaced; replace every occurrence"
@@ -369,6 +383,9 @@ def _encode_mistake(got, expected, ids, merges) -> str | None:
 def _compare_ids(got, expected, what: str) -> None:
     if not isinstance(got, list | tuple):
         raise Hint(f"{what}: return a list of ids, got {type(got).__name__}")
+    odd = next((i for i in got if not _is_id(i)), None)
+    if odd is not None:
+        raise Hint(f"{what}: ids are whole numbers (int), got a {type(odd).__name__} {odd!r}")
     expect_equal([int(i) for i in got], expected, what)
 
 
@@ -407,6 +424,10 @@ def _compare_merges(got, expected, what: str) -> None:
     if not isinstance(got, dict):
         raise Hint(f"{what}: return a dict {{pair: new_id}} in the order learned, got "
                    f"{type(got).__name__}")
+    odd = next((x for pair, i in got.items() for x in (*pair, i) if not _is_id(x)), None)
+    if odd is not None:
+        raise Hint(f"{what}: pairs and new ids are whole numbers (int), got a "
+                   f"{type(odd).__name__} {odd!r}")
     got_items = [(tuple(int(x) for x in pair), int(i)) for pair, i in got.items()]
     expected_items = list(expected.items())
     if len(got_items) != len(expected_items):
