@@ -10,6 +10,7 @@ import pytest
 
 from utils.lora import apply_lora, count_trainable, linear_layers
 from utils.pretrained import load_pretrained
+from utils.widgets.display import placeholder_png
 from utils.widgets.lora_explorer import (
     RANKS,
     SWEEP_PATH,
@@ -112,6 +113,9 @@ def test_no_layer_ticked_is_a_message_and_the_widget_recovers(sweep):
     assert "6 layers wrapped" in text(w)
     w.controls["qkv"].value = False
     assert "Tick at least one" in text(w)                         # a message, not a traceback
+    assert w.image.value == placeholder_png()                      # no "rank 8" picture left
+    w.controls["rank"].value = 128
+    assert w.image.value == placeholder_png() and "Tick at least one" in text(w)
     w.controls["down"].value = True
     assert "6 layers wrapped" in text(w) and "not in the sweep" in text(w)
 
@@ -147,3 +151,14 @@ def test_a_damaged_sweep_shows_a_message_not_a_traceback(tmp_path):
     w.controls["rank"].value = 4                                  # still answers, still no raise
     assert "Could not show" in w.message.value
     assert len(plt.get_fignums()) == figures                      # no figure left open
+
+
+def test_rank_slider_is_wide_enough_for_a_step_per_small_drag():
+    w = lora_explorer()
+    width = int(w.controls["rank"].layout.width.removesuffix("px"))
+    assert (width - 100) / (len(w.controls["rank"].options) - 1) >= 40   # px of track per rank
+
+
+def test_picture_is_shown_at_its_own_size():
+    w = lora_explorer()
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None

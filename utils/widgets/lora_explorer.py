@@ -17,13 +17,23 @@ import matplotlib.pyplot as plt
 
 from utils.lora import lora_parameter_count, matches_target
 from utils.paths import DATA_DIR
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    CannotShow,
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
 
 SWEEP_PATH = DATA_DIR / "lora_sweep.json"
 TITLE = "LoRA explorer: rank and target layers vs trainable parameters and loss"
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128)
 # checkbox name -> what it is in the shipped model (the last part of the layer's name)
 TARGETS = {"qkv": "attention qkv", "proj": "attention proj", "up": "MLP up", "down": "MLP down"}
+RANK_SLIDER_WIDTH = f"{60 * (len(RANKS) - 1) + 100}px"   # the track plus label and readout
 HEADER_BYTES = 100   # a safetensors file adds a JSON header: roughly this much per tensor
 
 
@@ -133,7 +143,8 @@ def lora_explorer(sweep_path: Path | str = SWEEP_PATH, rank: int = 8,
 
     Controls (`w.controls[...]`): "rank" (SelectionSlider over 1, 2, 4, ..., 128) and one
     Checkbox per layer type: "qkv", "proj", "up", "down". Outputs: `w.title` (HTML, the
-    constant title text), `w.image` (PNG) and `w.message` (HTML).
+    constant title text), `w.image` (PNG, at its own size; a grey placeholder while no layer
+    is ticked) and `w.message` (HTML).
 
     >>> w = lora_explorer()
     >>> before = w.image.value
@@ -147,24 +158,25 @@ def lora_explorer(sweep_path: Path | str = SWEEP_PATH, rank: int = 8,
     if unknown:
         raise ValueError(f"targets must be among {list(TARGETS)}, got {sorted(unknown)}")
     sweep = load_sweep(sweep_path)
+    # 60 px per rank: on the default 124-px track a 70-px drag jumped from rank 8 to 128
     controls = {"rank": widgets.SelectionSlider(options=RANKS, value=rank, description="rank r",
-                                                continuous_update=False)}
+                                                continuous_update=False,
+                                                layout=widgets.Layout(width=RANK_SLIDER_WIDTH))}
     for name, label in TARGETS.items():
         controls[name] = widgets.Checkbox(value=name in targets, description=label)
     title = widgets.HTML(f"<b>{TITLE}</b>")
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()
 
-    @guarded(message, "this choice of rank and layers")
+    @guarded(message, "this choice of rank and layers", picture=image)
     def update(_change=None) -> None:
         chosen = tuple(name for name in TARGETS if controls[name].value)
         if not chosen:
-            message.value = message_html("Tick at least one kind of layer to put adapters on.",
-                                         "warning")
-            return
+            raise CannotShow("Tick at least one kind of layer to put adapters on: with none, "
+                             "nothing trains at any rank.")
         image.value, text = draw(sweep, chosen, controls["rank"].value)
         message.value = message_html(text)
 
     watch(controls, update)
     rows = [title, controls["rank"],
-            widgets.HBox([controls[name] for name in TARGETS]), image, message]
+            widgets.HBox([controls[name] for name in TARGETS]), scrolling(image), message]
     return widget_box(rows, controls, title=title, image=image, message=message)
