@@ -4,8 +4,15 @@ Every wrong answer below is one a learner could really write; each must be rejec
 """
 
 import torch
+import torch.nn.functional as F
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.checks import ch05 as check
 from utils.model import layer_norm as library_layer_norm
 from utils.model import rms_norm as library_rms_norm
@@ -22,14 +29,42 @@ def layer_norm(x, weight, bias, eps=1e-5):
 def test_layer_norm_accepts_solutions():
     assert_accepts(check.layer_norm, layer_norm)
     assert_accepts(check.layer_norm, library_layer_norm)
-    assert_accepts(check.layer_norm, lambda x, w, b, eps=1e-5: torch.nn.functional.layer_norm(
-        x, x.shape[-1:], w, b, eps))
     assert_accepts(check.layer_norm, lambda x, w, b, eps=1e-5: (x - x.mean(-1, keepdim=True))
                    * torch.rsqrt(x.var(-1, correction=0, keepdim=True) + eps) * w + b)
 
 
 def test_layer_norm_not_attempted():
     assert_not_attempted(check.layer_norm, stub)
+
+
+def test_layer_norm_library_call_rejected_however_spelled():
+    # the exercise says: do not call F.layer_norm; nn.LayerNorm and torch.layer_norm reach it too
+    def functional(x, w, b, eps=1e-5):
+        return F.layer_norm(x, x.shape[-1:], w, b, eps)
+
+    def module(x, w, b, eps=1e-5):
+        norm = torch.nn.LayerNorm(x.shape[-1], eps=eps)
+        with torch.no_grad():
+            norm.weight.copy_(w), norm.bias.copy_(b)
+        return norm(x)
+
+    def builtin(x, w, b, eps=1e-5):
+        return torch.layer_norm(x, x.shape[-1:], w, b, eps)
+
+    for answer in (functional, module, builtin):
+        assert "rules out" in assert_rejects(check.layer_norm, answer)
+
+
+def test_layer_norm_grader_does_not_stop_at_its_first_case():
+    def unbiased(x, weight, bias, eps=1e-5):
+        return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) \
+            * weight + bias
+    assert_rejects(check.layer_norm, right_on_first_call_only(layer_norm, unbiased))
+
+
+def test_layer_norm_list_answer_rejected():
+    assert "torch.Tensor" in assert_rejects(
+        check.layer_norm, lambda x, w, b, eps=1e-5: layer_norm(x, w, b, eps).tolist())
 
 
 def test_layer_norm_bessel_correction_rejected():
@@ -110,12 +145,30 @@ def rms_norm(x, weight, eps=1e-5):
 def test_rms_norm_accepts_solutions():
     assert_accepts(check.rms_norm, rms_norm)
     assert_accepts(check.rms_norm, library_rms_norm)
-    assert_accepts(check.rms_norm, lambda x, w, eps=1e-5: torch.nn.functional.rms_norm(
-        x, x.shape[-1:], w, eps))
+    assert_accepts(check.rms_norm, lambda x, w, eps=1e-5: x * torch.rsqrt(
+        x.square().mean(-1, keepdim=True) + eps) * w)
 
 
 def test_rms_norm_not_attempted():
     assert_not_attempted(check.rms_norm, stub)
+
+
+def test_rms_norm_library_call_rejected():
+    assert "rules out" in assert_rejects(check.rms_norm, lambda x, w, eps=1e-5: F.rms_norm(
+        x, x.shape[-1:], w, eps))
+
+    def module(x, w, eps=1e-5):
+        norm = torch.nn.RMSNorm(x.shape[-1], eps=eps)
+        with torch.no_grad():
+            norm.weight.copy_(w)
+        return norm(x)
+    assert "rules out" in assert_rejects(check.rms_norm, module)
+
+
+def test_rms_norm_grader_does_not_stop_at_its_first_case():
+    def no_gain(x, weight, eps=1e-5):
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    assert_rejects(check.rms_norm, right_on_first_call_only(rms_norm, no_gain))
 
 
 def test_rms_norm_subtracting_the_mean_rejected():
@@ -182,6 +235,13 @@ def test_block_accepts_solutions():
 
 def test_block_not_attempted():
     assert_not_attempted(check.pre_norm_block, stub)
+
+
+def test_block_grader_does_not_stop_at_its_first_case():
+    def swapped(x, attn, mlp, norm1, norm2):
+        x = x + attn(norm2(x))
+        return x + mlp(norm1(x))
+    assert_rejects(check.pre_norm_block, right_on_first_call_only(block, swapped))
 
 
 def test_block_missing_attention_residual_rejected():
@@ -262,6 +322,11 @@ def test_count_accepts_solution():
 
 def test_count_not_attempted():
     assert_not_attempted(check.count_gpt_params, stub)
+
+
+def test_count_grader_does_not_stop_at_its_first_case():
+    untied = lambda v, b, n, d: count(v, b, n, d) + v * d
+    assert_rejects(check.count_gpt_params, right_on_first_call_only(count, untied))
 
 
 def test_count_untied_head_rejected():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from utils import model as _model
 from utils.attention import MultiHeadAttention
@@ -13,6 +14,7 @@ from utils.checks.grading import (
     compare_with_reference,
     expect_close,
     expect_shape,
+    forbid_calls,
     grader,
     seeded_cases,
 )
@@ -39,6 +41,11 @@ def _matches(got, candidate) -> bool:
 
 
 # ---------------------------------------------------------------------- exercise 1: LayerNorm
+
+def _btd() -> torch.Tensor:
+    """A fresh [B, T, d] input on which to watch which torch functions an answer calls."""
+    return torch.arange(24.0).view(2, 3, 4) - 7.0
+
 
 def _layer_norm_mistakes(got, expected, x, weight, bias, eps=1e-5):
     mean = x.mean(-1, keepdim=True)
@@ -99,6 +106,11 @@ def layer_norm(fn):
     """Exercise 1: layer_norm(x, weight, bias, eps) over the last dimension, from scratch."""
     compare_with_reference(fn, _model.layer_norm, _layer_norm_cases(), _compare_tensors,
                            name="layer_norm", diagnose=_layer_norm_mistakes)
+    # Checked after the values (an answer right on the first case only still fails above):
+    # F.layer_norm, torch.layer_norm and nn.LayerNorm all reach one of these.
+    forbid_calls(fn, (_btd(), torch.ones(4), torch.zeros(4), 1e-5), dict.fromkeys(
+        (F.layer_norm, torch.layer_norm, torch.native_layer_norm),
+        "compute the mean and the variance over the last dimension yourself"))
     return ("Each vector now has mean 0 and variance 1 over its features, then gets its own "
             "learned scale and shift.")
 
@@ -151,6 +163,8 @@ def rms_norm(fn):
     ] + seeded_cases(_rms_case, n=25, seed=600)
     compare_with_reference(fn, _model.rms_norm, cases, _compare_tensors, name="rms_norm",
                            diagnose=_rms_norm_mistakes)
+    forbid_calls(fn, (_btd(), torch.ones(4), 1e-5), dict.fromkeys(  # F.rms_norm, nn.RMSNorm
+        (F.rms_norm, torch.rms_norm), "compute the mean of the squares yourself"))
     return "Only the scale is normalised, not the mean: one reduction and no bias."
 
 

@@ -83,6 +83,11 @@ def causal_mask(fn):
 def _diagnose_padding(got: torch.Tensor, lengths: list[int], T: int) -> str | None:
     B = len(lengths)
     real = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]        # [B, T]
+    full = torch.tensor([n == T for n in lengths])                           # no padding at all
+    if full.any() and torch.equal(got, (real & ~full[:, None])[:, None, :].expand(B, T, T)):
+        return ("a sequence without padding (length == T) has every key masked: a slice from "
+                "the end such as `[-(T - n):]` is `[-0:]`, that is `[0:]`, the whole row, when "
+                "T - n = 0. Slice from the start instead: `[n:]` is the padding")
     if torch.equal(got, ~real[:, None, :].expand(B, T, T)):
         return "True and False are swapped: True must mean 'a real token, may attend'"
     if torch.equal(got, real[:, :, None].expand(B, T, T)):
@@ -127,6 +132,13 @@ def _compare_weights(got, expected, what: str) -> None:
     if got.shape != expected.shape:
         raise Hint(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")
     if torch.isnan(got).any():
+        empty_rows = expected.sum(-1) == 0                  # rows with no allowed key
+        if torch.isnan(got[~empty_rows]).any():
+            raise Hint(f"{what}: the result contains NaN in rows that do have allowed keys. "
+                       "exp() of a score above ~88 overflows float32 to inf (inf/inf = NaN) "
+                       "unless the row's largest allowed score is subtracted first, as "
+                       "torch.softmax does; and 0 * -inf is NaN, so fill masked scores with "
+                       "masked_fill rather than multiplying the mask by -inf")
         raise Hint(f"{what}: the result contains NaN. A row whose every key is masked is "
                    "softmax(-inf, ..., -inf) = 0/0; give such rows all-zero weights")
     if not torch.allclose(got.double(), expected.double(), atol=1e-5):
@@ -137,15 +149,22 @@ def _compare_weights(got, expected, what: str) -> None:
 def _diagnose_softmax(got, expected, scores, mask) -> str | None:
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape or torch.isnan(got).any():
         return None
+    mask = mask.expand_as(scores)                         # the mask may broadcast
     has_key = mask.any(-1)
-    if torch.allclose(got, torch.softmax(scores, -1) * mask, atol=1e-5):
-        return ("the mask was applied after the softmax: the remaining weights no longer sum "
-                "to 1. Set masked scores to -inf *before* the softmax")
     if torch.allclose(got, torch.softmax(scores, -1), atol=1e-5):
         return "the mask was not applied: masked keys still get weight"
     inverted = reference_softmax(scores, ~mask)
     if torch.allclose(got, inverted, atol=1e-5):
         return "the mask is inverted: True means 'may attend', so fill -inf where it is False"
+    # (a zero row is checked before 'after the softmax', which can give one too)
+    if (got.sum(-1)[has_key] < 1e-6).any():
+        return ("a row that has allowed keys came out all zeros. If you subtract a maximum "
+                "before exp(), take it over the allowed keys only: a masked score can be far "
+                "larger and make every exp() underflow to 0. (0 * -inf is NaN, too: turning "
+                "NaN into zeros hides a mask multiplied by -inf)")
+    if torch.allclose(got, torch.softmax(scores, -1) * mask, atol=1e-5):
+        return ("the mask was applied after the softmax: the remaining weights no longer sum "
+                "to 1. Set masked scores to -inf *before* the softmax")
     if torch.allclose(got, torch.softmax(scores * mask, -1), atol=1e-5):
         return ("multiplying the scores by the mask sets them to 0, not -inf, and exp(0) = 1 "
                 "still gives masked keys weight. Use masked_fill with -inf")
@@ -155,6 +174,10 @@ def _diagnose_softmax(got, expected, scores, mask) -> str | None:
     if torch.allclose(got, torch.softmax(scores.masked_fill(~mask, -math.inf), -2).nan_to_num(0),
                       atol=1e-5):
         return "the softmax runs over the wrong axis: normalise over keys (dim=-1)"
+    if (got.abs() * ~mask).max() > 1e-5:
+        return ("masked keys get weight. A finite penalty (adding -10000, say) leaks when a "
+                "masked score is larger than the penalty; masked_fill the masked scores with "
+                "-inf, which no score outweighs")
     return None
 
 
@@ -174,10 +197,30 @@ def masked_softmax(fn):
     cases = [(square, reference_causal(4)),
              (torch.randn(3, 3, generator=g), empty_row),
              (torch.randn(2, 5, 5, generator=g) * 20, reference_causal(5).expand(2, 5, 5).clone()),
-             (torch.tensor([[1000.0, -1000.0, 0.0]]), torch.tensor([[False, True, True]]))]
-    cases += seeded_cases(make, 20, seed=6)
-    compare_with_reference(fn, reference_softmax, cases, _compare_weights, "masked_softmax",
-                           diagnose=_diagnose_softmax)
+             # the largest score masked: a max taken over all keys leaves 0/0 for the rest
+             (torch.tensor([[1000.0, -1000.0, 0.0]]), torch.tensor([[False, True, True]])),
+             # large *allowed* scores: exp(100) overflows float32 unless the max is subtracted
+             (torch.tensor([[100.0, 99.0, -5.0, 3.0], [-2.0, 95.0, 90.0, 0.0]]),
+              torch.tensor([[True, True, False, True], [False, True, True, True]])),
+             # a masked score larger than a finite penalty such as -1e4
+             (torch.tensor([[10003.0, 1.0, 0.0], [3.0, -1.0, 5e4]]),
+              torch.tensor([[False, True, True], [True, True, False]]))]
+    # masks that broadcast, as the chapter uses them: one [T, S] causal mask for
+    # [B, h, T, S] scores; padding masks [B, 1, S] and [B, 1, 1, S] (with a length-0 row)
+    broadcast = [(torch.randn(2, 3, 4, 4, generator=g) * 3, reference_causal(4)),
+                 (torch.randn(3, 5, 5, generator=g) * 3, reference_padding([5, 2, 0], 5)),
+                 (torch.randn(2, 2, 3, 4, generator=g) * 3, reference_padding([1, 3], 4)[:, None])]
+    for group in (cases, broadcast, seeded_cases(make, 20, seed=6)):
+        try:
+            compare_with_reference(fn, reference_softmax, group, _compare_weights,
+                                   "masked_softmax", diagnose=_diagnose_softmax)
+        except Hint as hint:
+            if group is broadcast and "raised" in str(hint):
+                raise Hint(f"{hint} — the mask need not have the scores' shape, only one that "
+                           "broadcasts to it (here a [T, S] or [B, 1, S] mask for larger "
+                           "scores): masked_fill and torch.where broadcast, boolean indexing "
+                           "such as scores[~mask] does not") from None
+            raise
     return "Mask first, softmax second, and an empty row attends to nothing."
 
 
