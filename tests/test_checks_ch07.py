@@ -5,7 +5,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.checks import ch07 as check
 from utils.losses import next_token_loss
 from utils.optim import adamw_step, lr_at
@@ -20,11 +26,37 @@ def solution_loss(logits, tokens):
     return -logp.gather(-1, targets.unsqueeze(-1)).mean()
 
 
-def test_loss_accepts_solution_library_and_torch():
+def test_loss_accepts_solution_and_library():
     assert_accepts(check.next_token_loss, solution_loss)
     assert_accepts(check.next_token_loss, next_token_loss)
-    assert_accepts(check.next_token_loss, lambda logits, tokens: F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1)))
+
+
+def test_loss_rejects_the_shortcuts_the_exercise_rules_out():
+    # right numbers, but the exercise asks for the loss from its definition
+    def library(logits, tokens):
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1))
+
+    def module(logits, tokens):
+        return torch.nn.CrossEntropyLoss()(logits.reshape(-1, logits.size(-1)),
+                                           tokens[:, 1:].reshape(-1))
+
+    def log_softmax_method(logits, tokens):
+        return -logits.log_softmax(-1).gather(-1, tokens[:, 1:].unsqueeze(-1)).mean()
+
+    def functional_log_softmax(logits, tokens):
+        return -F.log_softmax(logits, -1).gather(-1, tokens[:, 1:].unsqueeze(-1)).mean()
+    for answer, name in ((library, "F.cross_entropy"), (module, "F.cross_entropy"),
+                         (log_softmax_method, "log_softmax"),
+                         (functional_log_softmax, "F.log_softmax")):
+        hint = assert_rejects(check.next_token_loss, answer)
+        assert name in hint and "rules out" in hint, hint
+
+
+def test_loss_grader_tries_more_than_its_first_case():
+    def naive(logits, tokens):   # right on small logits, nan once exp() overflows
+        p = logits.exp() / logits.exp().sum(-1, keepdim=True)
+        return -p.gather(-1, tokens[:, 1:].unsqueeze(-1)).log().mean()
+    assert_rejects(check.next_token_loss, right_on_first_call_only(solution_loss, naive))
 
 
 def test_loss_rejects_unstable_softmax():
@@ -93,6 +125,17 @@ def test_loss_at_init_rejects_other_logs_probabilities_and_signs():
     assert "number" in assert_rejects(check.loss_at_init, lambda V: f"{math.log(V):.3f}")
 
 
+def test_loss_at_init_says_keep_more_decimals_for_a_rounded_answer():
+    hint = assert_rejects(check.loss_at_init, lambda V: round(math.log(V), 4))
+    assert "unrounded" in hint and "too small" not in hint, hint
+    hint = assert_rejects(check.loss_at_init, lambda V: round(math.log(V), 2))
+    assert "unrounded" in hint, hint
+
+
+def test_loss_at_init_grader_tries_more_than_its_first_case():
+    assert_rejects(check.loss_at_init, right_on_first_call_only(math.log, math.log2))
+
+
 def test_loss_at_init_not_attempted():
     assert_not_attempted(check.loss_at_init, stub)
 
@@ -154,6 +197,12 @@ def test_schedule_rejects_no_floor_after_total_and_linear_decay():
     assert "linear" in assert_rejects(check.lr_schedule, linear)
 
 
+def test_schedule_grader_tries_more_than_its_first_case():
+    def warmup_only(step, max_lr, warmup_steps, total_steps, min_lr):   # forgot the decay
+        return max_lr * min(step + 1, warmup_steps) / warmup_steps
+    assert_rejects(check.lr_schedule, right_on_first_call_only(solution_schedule, warmup_only))
+
+
 def test_schedule_not_attempted():
     assert_not_attempted(check.lr_schedule, stub)
 
@@ -205,7 +254,7 @@ def test_adamw_rejects_eps_inside_sqrt_in_place_updates_and_wrong_return():
         m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad**2
         m_hat, v_hat = m / (1 - b1**step), v / (1 - b2**step)
         return param * (1 - lr * weight_decay) - lr * m_hat / (v_hat + eps).sqrt(), m, v
-    assert_rejects(check.adamw_step, eps_inside)
+    assert "inside the square root" in assert_rejects(check.adamw_step, eps_inside)
 
     def in_place(param, grad, m, v, step, lr, betas, eps, weight_decay):
         new_p, new_m, new_v = solution_adamw(param, grad, m, v, step, lr, betas, eps, weight_decay)
@@ -216,6 +265,31 @@ def test_adamw_rejects_eps_inside_sqrt_in_place_updates_and_wrong_return():
     def only_param(param, grad, m, v, step, lr, betas, eps, weight_decay):
         return solution_adamw(param, grad, m, v, step, lr, betas, eps, weight_decay)[0]
     assert "tuple" in assert_rejects(check.adamw_step, only_param)
+
+
+def test_adamw_rejects_decay_after_the_step_by_name():
+    def decay_after(param, grad, m, v, step, lr, betas, eps, weight_decay):
+        new_p, m, v = solution_adamw(param, grad, m, v, step, lr, betas, eps, 0.0)
+        return new_p * (1 - lr * weight_decay), m, v
+    hint = assert_rejects(check.adamw_step, decay_after)
+    assert "decay comes after the Adam step" in hint, hint
+
+
+def test_adamw_hint_never_prints_two_identical_numbers():
+    # a slip the grader has no name for: the hint must still show the numbers differing
+    def tiny_slip(param, grad, m, v, step, lr, betas, eps, weight_decay):
+        new_p, m, v = solution_adamw(param, grad, m, v, step, lr, betas, eps, weight_decay)
+        return new_p * (1 + 1e-6), m, v
+    hint = assert_rejects(check.adamw_step, tiny_slip)
+    shown = hint.split("new param[")[1].split(" is ")[1].split(" (off by")[0]
+    got, expected = shown.split(", expected ")
+    assert got != expected, hint
+
+
+def test_adamw_grader_tries_more_than_its_first_case():
+    def l2(param, grad, m, v, step, lr, betas, eps, weight_decay):
+        return solution_adamw(param, grad + weight_decay * param, m, v, step, lr, betas, eps, 0.0)
+    assert_rejects(check.adamw_step, right_on_first_call_only(solution_adamw, l2))
 
 
 def test_adamw_not_attempted():

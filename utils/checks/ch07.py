@@ -14,6 +14,7 @@ from utils.checks.grading import (
     compare_with_reference,
     expect_close,
     expect_number,
+    forbid_calls,
     grader,
     seeded_cases,
 )
@@ -81,13 +82,26 @@ def _diagnose_loss(got, expected, logits, tokens) -> str | None:
     return None
 
 
+_FROM_THE_DEFINITION = ("write it from the definition: subtract each row's maximum, "
+                        "log of the sum of exp, gather the target's log-probability, mean")
+# The exercise rules these out (the library's loss, or the stable log-softmax it asks for).
+_LOSS_SHORTCUTS = {F.cross_entropy: _FROM_THE_DEFINITION, F.log_softmax: _FROM_THE_DEFINITION,
+                   torch.log_softmax: _FROM_THE_DEFINITION,
+                   torch.Tensor.log_softmax: _FROM_THE_DEFINITION,
+                   torch.special.log_softmax: _FROM_THE_DEFINITION}
+
+
 @grader
 def next_token_loss(fn):
-    """Exercise 1: mean cross-entropy of logits [B, T, V] against tokens[:, 1:]."""
+    """Exercise 1: mean cross-entropy of logits [B, T, V] against tokens[:, 1:], computed
+    without F.cross_entropy or log_softmax."""
+    cases = _loss_cases()
     compare_with_reference(
-        fn, reference_next_token_loss, _loss_cases(),
+        fn, reference_next_token_loss, cases,
         lambda got, exp, what: expect_close(got, exp, what, atol=1e-4, rtol=1e-4),
         name="next_token_loss", diagnose=_diagnose_loss)
+    # after the comparison, so that a wrong answer gets its numeric hint first
+    forbid_calls(fn, cases[0], _LOSS_SHORTCUTS)
     return "That is the number every training curve in this course plots."
 
 
@@ -113,6 +127,12 @@ def loss_at_init(fn):
         if math.isclose(got, 1 / V, rel_tol=1e-6):
             raise Hint(f"{what}: that is the probability of each token, not the loss "
                        "-log(probability)")
+        rounded = {round(expected, k) for k in range(7)} | {float(f"{expected:.{k}g}")
+                                                             for k in range(1, 8)}
+        if any(math.isclose(got, r, rel_tol=1e-12, abs_tol=1e-15) for r in rounded):
+            raise Hint(f"loss_at_init({V}) = {got!r} looks rounded (off by "
+                       f"{abs(got - expected):.2g}): keep every decimal, return the value "
+                       "unrounded (within a millionth is accepted)")
         raise Hint(f"{what} is {'too big' if got > expected else 'too small'}: each token "
                    f"gets probability 1/V; the loss is -log of the target's probability")
     return "ln(V): a fresh model's loss should start there; far above means a bug at init."
@@ -194,7 +214,15 @@ def _compare_adam(got, expected, what):
     if not isinstance(got, tuple) or len(got) != 3:
         raise Hint(f"{what}: return a tuple (new_param, new_m, new_v)")
     for name, g, e in zip(("param", "m", "v"), got, expected, strict=True):
-        expect_close(g, e, f"{what}: new {name}", atol=1e-10, rtol=1e-7)
+        expect_close(g, e, f"{what}: new {name}", atol=float("inf"), rtol=0)   # type and shape
+        g, e = torch.as_tensor(g, dtype=torch.float64).detach(), e.double()
+        off = ~torch.isclose(g, e, atol=1e-10, rtol=1e-7)
+        if off.any():
+            i = int(off.flatten().nonzero()[0])
+            a, b = g.flatten()[i].item(), e.flatten()[i].item()
+            digits = next(d for d in range(4, 18) if f"{a:.{d}g}" != f"{b:.{d}g}")
+            raise Hint(f"{what}: new {name}[{i}] is {a:.{digits}g}, expected {b:.{digits}g} "
+                       f"(off by {abs(a - b):.2g}, relative {abs(a - b) / (abs(b) or 1):.1g})")
 
 
 def _diagnose_adam(got, expected, p, g, m, v, step, lr, betas, eps, wd) -> str | None:
@@ -210,6 +238,15 @@ def _diagnose_adam(got, expected, p, g, m, v, step, lr, betas, eps, wd) -> str |
                                                                  rtol=1e-7)
 
     decayed = p * (1 - lr * wd)
+    m_hat, v_hat = m1 / (1 - b1 ** step), v1 / (1 - b2 ** step)
+    if wd > 0 and close((p - lr * m_hat / (v_hat.sqrt() + eps)) * (1 - lr * wd)):
+        return ("the weight decay comes after the Adam step; shrink the weight first, "
+                "param * (1 - lr * weight_decay), then subtract lr * m_hat / (sqrt(v_hat) + eps), "
+                "as torch.optim.AdamW does")
+    if close(decayed - lr * m_hat / (v_hat + eps).sqrt()):
+        return "eps is inside the square root; it goes outside: m_hat / (sqrt(v_hat) + eps)"
+    if close(decayed - lr * m_hat / (v_hat + eps)):
+        return "the square root is missing: divide by sqrt(v_hat) + eps"
     if step < 200 and close(decayed - lr * m1 / (v1.sqrt() + eps)):
         return "no bias correction: divide m by (1 - beta1**step) and v by (1 - beta2**step)"
     if close(decayed - lr * (m1 / (1 - b1 ** (step + 1))) / ((v1 / (1 - b2 ** (step + 1))).sqrt()
