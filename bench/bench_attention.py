@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.attention import scaled_dot_product_attention  # noqa: E402
 from utils.tiled_attention import flash_attention, naive_attention, tiled_attention  # noqa: E402
+from utils.timing import time_call  # noqa: E402
 
 IMPLS = {
     "scratch": lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=True)[0],
@@ -83,23 +82,11 @@ def make_inputs(B: int, H: int, T: int, D: int, device: str, dtype: torch.dtype)
     return [torch.randn(B, H, T, D, device=device, dtype=dtype, generator=g) for _ in range(3)]
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 @torch.no_grad()
 def time_ms(fn, args, device: str, repeats: int) -> float:
-    for _ in range(2):  # warm-up: kernel selection, allocator
-        fn(*args)
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of fn(*args) after 2 warm-ups (kernel selection, allocator), each
+    run timed between two device synchronisations (utils.timing)."""
+    return 1e3 * time_call(lambda: fn(*args), repeats=repeats, warmup=2, device=device).median
 
 
 @torch.no_grad()

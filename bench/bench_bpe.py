@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 from utils.data import load_corpus, train_val_split
+from utils.timing import stopwatch
 from utils.tokenizers import BPETokenizer, train_bpe_naive
 
 TARGET_SPEEDUP = 20.0
@@ -49,14 +49,12 @@ def main() -> None:
     print(f"corpus: {len(train_text):,} training characters, vocab {args.vocab_size} "
           f"({n_merges} merges), {platform.processor() or platform.machine()}")
 
-    start = time.perf_counter()
-    fast = BPETokenizer()
-    fast.train(train_text, args.vocab_size)
-    fast_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    naive_merges = train_bpe_naive(train_text, n_merges)
-    naive_s = time.perf_counter() - start
+    with stopwatch() as fast_watch:
+        fast = BPETokenizer()
+        fast.train(train_text, args.vocab_size)
+    with stopwatch() as naive_watch:
+        naive_merges = train_bpe_naive(train_text, n_merges)
+    fast_s, naive_s = fast_watch.seconds, naive_watch.seconds
 
     ratio = naive_s / fast_s
     identical = naive_merges == fast.merges

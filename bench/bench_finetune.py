@@ -32,7 +32,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ from utils.device import get_device  # noqa: E402
 from utils.lora import apply_lora, count_trainable  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
 from utils.quantization import quantize_model_nf4  # noqa: E402
+from utils.timing import stopwatch  # noqa: E402
 from utils.train import machine_description, split_loss  # noqa: E402
 
 TARGETS = ("qkv", "proj", "up", "down")
@@ -86,14 +86,12 @@ def run(name: str, base, train_ids, val_ids, args, device) -> dict:
     times = []
     for _ in range(args.steps):
         x, y = get_batch(train_ids, args.batch_size, args.block_size, generator, device)
-        start = time.perf_counter()
-        loss = model(x, y)[1]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        with stopwatch(device) as watch:     # waits for the device before and after
+            loss = model(x, y)[1]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append(watch.seconds)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     weights = stored_bytes(model)
     return {"name": name, "trainable": trainable, "total": total, "weights": weights,

@@ -48,14 +48,10 @@ from utils.data import get_batch, load_corpus, train_val_split  # noqa: E402
 from utils.paths import run_dir  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
 from utils.quantization import model_size_bytes, quantize_model_int8, quantize_model_nf4  # noqa: E402
+from utils.timing import stopwatch  # noqa: E402
 from utils.train import split_loss  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -83,25 +79,28 @@ def _cpu_with_children() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def timed_call(fn, device, cpu_clock=time.process_time):
+    """(fn(), wall seconds, CPU seconds) of one call. The wall clock is utils.timing's
+    stopwatch, which waits for the device before starting and before stopping."""
+    c0 = cpu_clock()
+    with stopwatch(device) as watch:
+        result = fn()
+    return result, watch.seconds, cpu_clock() - c0
+
+
 def time_steps(step, device, warmup: int, steps: int) -> dict:
     """Time `step()`: the first call (compiles, if compiled) and the median of `steps` later
     calls, both in wall-clock seconds and in CPU seconds of this process. On a CPU shared
     with other jobs the wall clock counts the time spent waiting for a core; with one thread
     the process's CPU time does not, so it is the steadier number there."""
-    t0, c0 = time.perf_counter(), _cpu_with_children()
-    loss = step()
-    _sync(device)
-    first, first_cpu = time.perf_counter() - t0, _cpu_with_children() - c0
+    loss, first, first_cpu = timed_call(step, device, _cpu_with_children)
     for _ in range(warmup):
         step()
-    _sync(device)
     wall, cpu = [], []
     for _ in range(steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = step()
-        _sync(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+        loss, seconds, cpu_seconds = timed_call(step, device)
+        wall.append(seconds)
+        cpu.append(cpu_seconds)
     return {"first_s": first, "first_cpu_s": first_cpu, "step_s": statistics.median(wall),
             "cpu_s": statistics.median(cpu), "loss": float(loss)}
 
@@ -149,14 +148,11 @@ def precision_table(device: torch.device, batch_size: int, steps: int, warmup: i
 def forward_time(model, x, device, repeats: int) -> tuple[float, float]:
     """Median (wall seconds, CPU seconds) of one forward pass, after one warm-up call."""
     model(x)
-    _sync(device)
     wall, cpu = [], []
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        model(x)
-        _sync(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+        _, seconds, cpu_seconds = timed_call(lambda: model(x), device)
+        wall.append(seconds)
+        cpu.append(cpu_seconds)
     return statistics.median(wall), statistics.median(cpu)
 
 

@@ -20,21 +20,21 @@ steps and reports time, tokens per second and validation loss.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from utils.data import load_corpus, train_val_split
 from utils.device import get_device
+from utils.timing import stopwatch
 from utils.tokenizers import CharTokenizer
 from utils.train import build_model, machine_description, preset, split_loss, train
 
 
 def run(name: str, config, train_ids, val_ids, vocab_size: int, device) -> dict:
     model = build_model(config, vocab_size)
-    start = time.perf_counter()
-    result = train(model, train_ids, val_ids, config, progress=False)
-    seconds = time.perf_counter() - start
+    with stopwatch(device) as watch:
+        result = train(model, train_ids, val_ids, config, progress=False)
+    seconds = watch.seconds
     val = split_loss(result.model, val_ids, config.block_size, device=device)
     return {"name": name, "steps": config.max_steps, "seconds": seconds,
             "params": sum(p.numel() for p in model.parameters()),
@@ -42,14 +42,14 @@ def run(name: str, config, train_ids, val_ids, vocab_size: int, device) -> dict:
             "train_est": result.final_train_loss, "val_est": result.final_val_loss, "val": val}
 
 
-def seconds_per_step(config, train_ids, vocab_size: int, probe_steps: int = 15) -> float:
+def seconds_per_step(config, train_ids, vocab_size: int, device, probe_steps: int = 15) -> float:
     probe = preset_like(config, max_steps=probe_steps, warmup_steps=1,
                         eval_interval=probe_steps * 10)
     model = build_model(probe, vocab_size)
     train(model, train_ids[:200_000], None, preset_like(probe, max_steps=3), progress=False)
-    start = time.perf_counter()
-    train(model, train_ids, None, probe, progress=False)
-    return (time.perf_counter() - start) / probe_steps
+    with stopwatch(device) as watch:
+        train(model, train_ids, None, probe, progress=False)
+    return watch.seconds / probe_steps
 
 
 def preset_like(config, **changes):
@@ -95,8 +95,8 @@ def main() -> None:
     ours = preset(args.ours, device)
     baby_probe, ours_probe = 0.0, 0.0
     for _ in range(2):
-        baby_probe += seconds_per_step(baby, train_ids, tokenizer.vocab_size)
-        ours_probe += seconds_per_step(ours, train_ids, tokenizer.vocab_size)
+        baby_probe += seconds_per_step(baby, train_ids, tokenizer.vocab_size, device)
+        ours_probe += seconds_per_step(ours, train_ids, tokenizer.vocab_size, device)
     steps = max(20, int(baby.max_steps * baby_probe / ours_probe))
     ours = preset_like(ours, max_steps=steps, warmup_steps=min(ours.warmup_steps, steps // 10),
                        eval_interval=steps, decay_steps=0)
