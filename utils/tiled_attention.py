@@ -29,7 +29,7 @@ import math
 import torch
 
 __all__ = ["online_softmax_merge", "naive_attention", "tiled_attention", "tiled_attention_lse",
-           "FlashAttention", "flash_attention"]
+           "FlashAttention", "flash_attention", "fused_sdpa_backend"]
 
 
 def online_softmax_merge(m1: torch.Tensor, l1: torch.Tensor, o1: torch.Tensor,
@@ -255,3 +255,53 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     check_qkv(q, k, v, causal)
     check_block_size(block_size)
     return FlashAttention.apply(q, k, v, causal, block_size)
+
+
+# The dtypes each device's fused flash kernel accepts (PyTorch's CUDA FlashAttention-2 takes
+# only 16-bit floats; its CPU version also runs float32 and float64).
+_FLASH_DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16),
+                 "cuda": (torch.float16, torch.bfloat16)}
+
+
+def fused_sdpa_backend(device: torch.device | str, dtype: torch.dtype):
+    """(backend, note): the SDPA kernel to restrict `F.scaled_dot_product_attention` to with
+    `torch.nn.attention.sdpa_kernel` for q, k, v of this device and dtype, and one line saying
+    why. The fused flash kernel where it accepts the dtype, else the math kernel (which runs
+    anywhere), so that restricting the choice never fails with "No available kernel".
+
+    >>> backend, note = fused_sdpa_backend("cpu", torch.float32)
+    >>> backend.name
+    'FLASH_ATTENTION'
+    >>> fused_sdpa_backend("cuda", torch.bfloat16)[0].name
+    'FLASH_ATTENTION'
+    >>> backend, note = fused_sdpa_backend("cuda", torch.float32)
+    >>> backend.name, note
+    ('MATH', "cuda's flash kernel takes only float16/bfloat16, not float32: using the math kernel")
+
+    Restricted to the kernel it names, SDPA runs (here on a CPU, both ways):
+
+    >>> import torch.nn.functional as F
+    >>> from torch.nn.attention import sdpa_kernel
+    >>> for dtype in (torch.float32, torch.float16):
+    ...     q = torch.randn(1, 2, 8, 4).to(dtype)
+    ...     backend, note = fused_sdpa_backend("cpu", dtype)
+    ...     with sdpa_kernel(backend):
+    ...         print(backend.name, F.scaled_dot_product_attention(q, q, q, is_causal=True).dtype)
+    FLASH_ATTENTION torch.float32
+    MATH torch.float16
+    """
+    from torch.nn.attention import SDPBackend
+
+    kind = torch.device(device).type
+    accepted = _FLASH_DTYPES.get(kind, ())
+    if dtype in accepted:
+        return SDPBackend.FLASH_ATTENTION, f"fused flash kernel ({kind}, {_name(dtype)})"
+    if not accepted:
+        return SDPBackend.MATH, f"no fused kernel is picked on {kind} here: using the math kernel"
+    names = "/".join(_name(d) for d in accepted)
+    return SDPBackend.MATH, (f"{kind}'s flash kernel takes only {names}, not {_name(dtype)}: "
+                             "using the math kernel")
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
