@@ -319,3 +319,67 @@ def test_lora_on_a_4bit_base_trains_only_the_adapters():
         before_merge = model(x)[0]
         merged = merge_lora(model)(x)[0]                             # de-quantised + B A
     assert (merged - before_merge).abs().max() < 1e-5
+
+
+# ---- the scaling study of data/build_lora_sweep.py ---------------------------------------------
+
+
+def _build_lora_sweep():
+    import importlib.util
+
+    from utils.paths import DATA_DIR
+    spec = importlib.util.spec_from_file_location("build_lora_sweep", DATA_DIR / "build_lora_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_relative_update_size_is_zero_at_step_0_and_measures_the_adapter():
+    sweep = _build_lora_sweep()
+    torch.manual_seed(0)
+    model = apply_lora(GPT(TINY), rank=4, alpha=2, targets=("qkv",))
+    windows = torch.randint(0, TINY.vocab_size, (3, 8))
+    assert sweep.relative_update_size(model, windows) == 0.0             # B = 0: no update yet
+    layers = list(lora_layers(model).values())
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B.normal_()
+    inputs = []
+
+    def keep_input(module, args, output):
+        inputs.append(args[0])                                           # returns None: output kept
+
+    hooks = [layer.register_forward_hook(keep_input) for layer in layers]
+    model.eval()
+    with torch.no_grad():
+        model(windows)
+        expected = sum((layer.scaling * x @ layer.lora_A.T @ layer.lora_B.T).pow(2).mean().sqrt()
+                       / layer.base(x).pow(2).mean().sqrt() for layer, x in zip(layers, inputs,
+                                                                              strict=True))
+    for hook in hooks:
+        hook.remove()
+    size = sweep.relative_update_size(model, windows)
+    assert size == pytest.approx(expected.item() / len(layers), rel=1e-5) and size > 0
+    layers[-1].scaling *= 2            # the last layer's input does not depend on its own factor
+    doubled_last = sweep.relative_update_size(model, windows)
+    assert doubled_last > size and model.training is False               # and its mode is kept
+
+
+def test_scaling_study_is_consistent_with_the_sweep_it_extends():
+    """The study's constant-factor rule is the sweep's own rule on the same layers and settings,
+    so its losses must be the sweep's; each rule's factor is what its name says."""
+    import json
+    import math
+
+    from utils.paths import DATA_DIR
+    record = json.loads((DATA_DIR / "lora_sweep.json").read_text())
+    study = record["scaling_study"]
+    assert tuple(study["targets"]) == tuple(record["target_sets"]["qkv+proj"])
+    assert {k: study["settings"][k] for k in ("steps", "batch_size", "block_size", "lr", "seed")} == \
+        {k: record["settings"][k] for k in ("steps", "batch_size", "block_size", "lr", "seed")}
+    constant, rs, fixed = study["rules"].values()
+    assert [r["val_loss"] for r in constant] == [r["val_loss"] for r in record["runs"]["qkv+proj"]]
+    for runs, factor in ((constant, lambda r: 2.0), (rs, lambda r: 2 / math.sqrt(r)),
+                         (fixed, lambda r: 2.0 / r)):
+        assert [run["scaling"] for run in runs] == [round(factor(run["rank"]), 4) for run in runs]
+        assert all(run["update_size"] > 0 for run in runs)
