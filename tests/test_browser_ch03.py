@@ -43,7 +43,7 @@ CELLS_TRAINED = [
     "from utils.widgets.attention_explorer import attention_explorer\n"
     "from utils.widgets.rate_temperature import rate_temperature\n"
     "show(attention_explorer())",
-    "show(rate_temperature())",
+    "show(rate_temperature(verdict=False))",   # as the chapter shows it, before exercise 4
 ]
 
 
@@ -67,9 +67,14 @@ def test_trained_explorer_and_rate_slider_respond_in_browser(lab):
     slider = page.locator(".jupyter-widgets.widget-vbox").filter(has_text="c").last
     slider.scroll_into_view_if_needed()
     rate_message = slider.locator(".widget-html-content").last
-    page.wait_for_function("el => el.innerText.includes('increase c')",
+    rate_image = slider.locator("img").first
+    page.wait_for_function("el => el.innerText.includes('c = 1.00')",
                            arg=rate_message.element_handle(), timeout=30_000)
+    before = rate_image.get_attribute("src")
     slider.locator(".noUi-handle").first.focus()
-    page.keyboard.press("End")                      # c = 6: far too sharp
-    page.wait_for_function("el => el.innerText.includes('too sharp')",
+    page.keyboard.press("End")                      # c = 6: a new picture, and still no verdict
+    page.wait_for_function("el => el.innerText.includes('c = 6.00')",
                            arg=rate_message.element_handle(), timeout=30_000)
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[rate_image.element_handle(), before], timeout=30_000)
+    assert "within" not in rate_message.inner_text()

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.attention import scaled_dot_product_attention
 from utils.checks import ch03 as check
 
@@ -303,3 +309,72 @@ def test_causal_rejects_flattening_heads_with_view():
                                v.view(-1, *v.shape[-2:]))
         return out.view(*shape[:-1], -1), w.view(*shape[:-1], shape[-2])
     assert_rejects(check.causal_attention, flattened)
+
+
+# ---- every grader tries more than its first case --------------------------------------------
+# Each wrong answer is right on the grader's first hand-picked case only: a grader thinned to
+# that one case would accept it. (rate_weights and page_scale grade one value, not a function.)
+
+def test_every_function_grader_goes_past_its_first_case():
+    assert_rejects(check.softmax, right_on_first_call_only(
+        stable_softmax, lambda x: torch.softmax(x, dim=0)))
+    assert_rejects(check.attention, right_on_first_call_only(
+        attention, lambda q, k, v: attention(q * 2, k, v)))
+    assert_rejects(check.causal_attention, right_on_first_call_only(
+        causal_attend, lambda q, k, v: scaled_dot_product_attention(q, k, v)))
+
+
+# ---- answers of the wrong type, large scores, inputs made the way a model makes them ---------
+
+def test_attention_answers_as_lists_are_rejected():
+    as_lists = lambda q, k, v: tuple(t.tolist() for t in attention(q, k, v))
+    assert "tensor" in assert_rejects(check.attention, as_lists)
+    causal_lists = lambda q, k, v: tuple(t.tolist() for t in causal_attend(q, k, v))
+    assert "tensor" in assert_rejects(check.causal_attention, causal_lists)
+
+
+def _naive_softmax(scores):
+    e = torch.exp(scores)
+    return e / e.sum(-1, keepdim=True)
+
+
+def test_attention_with_a_softmax_that_overflows_is_rejected():
+    def naive(q, k, v):
+        w = _naive_softmax(q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)))
+        return w @ v, w
+    assert "overflows" in assert_rejects(check.attention, naive)
+
+    def naive_causal(q, k, v):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+        w = _naive_softmax(scores.masked_fill(_future(q), float("-inf")))
+        return w @ v, w
+    assert "overflows" in assert_rejects(check.causal_attention, naive_causal)
+
+
+def test_attention_flattening_transposed_heads_with_view_is_rejected():
+    def flattened(q, k, v):
+        out, w = attention(q.view(-1, *q.shape[-2:]), k.view(-1, *k.shape[-2:]),
+                           v.view(-1, *v.shape[-2:]))
+        return out.view(*q.shape[:-1], -1), w.view(*q.shape[:-1], k.shape[-2])
+    assert "view" in assert_rejects(check.attention, flattened)
+
+
+def test_softmax_flattening_rows_with_view_is_rejected():
+    def rows_flattened(x):  # x.view(-1, S) raises on one head sliced out of [B, h, T, S]
+        rows = x.view(-1, x.shape[-1])
+        return stable_softmax(rows).view(x.shape)
+    assert "view" in assert_rejects(check.softmax, rows_flattened)
+
+
+def test_rate_weights_names_the_widths_printed_in_the_chapter():
+    assert "d_k = 16" in assert_rejects(check.rate_weights, torch.softmax(SCORES / 4, -1))
+    assert "d_k = 4" in assert_rejects(check.rate_weights, torch.softmax(SCORES / 2, -1))
+    # the table's three-decimal d_k = 16 row is still named, not passed
+    assert_rejects(check.rate_weights, [round(w, 3) for w in torch.softmax(SCORES / 4, -1).tolist()])
+
+
+def test_page_scale_hint_for_one_over_sqrt_dk_does_not_give_exercise_3_away():
+    hint = assert_rejects(check.page_scale, 1 / 8)
+    assert "flattens" in hint
+    for w in RATE_ANSWER.tolist():
+        assert f"{w:.3f}" not in hint and f"{w:.4f}" not in hint

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from utils.attention_lm import AttentionLM, LMConfig
-from utils.head_analysis import attention_weights, distance_profile, head_ablation, head_grid, zero_head
+from utils.head_analysis import (
+    attention_weights,
+    distance_profile,
+    head_ablation,
+    head_grid,
+    landmark_weights,
+    word_landmarks,
+    zero_head,
+)
 from utils.model import GPT, GPTConfig
 
 
@@ -92,3 +100,50 @@ def test_uniform_profile_and_its_plot():
     fig = plot_distance_profiles(torch.rand(4, 2, 5), T=8, title="t", columns=3)
     assert [ax.get_title() for ax in fig.axes[:4]] == [f"layer {i}" for i in range(4)]
     assert len(fig.axes[0].get_lines()) == 3                   # two heads + the uniform line
+
+
+def _last_space_before(is_space):
+    """Written as a loop, independently of the library: last space strictly before each t."""
+    last = torch.full(is_space.shape, -1)
+    for b in range(is_space.size(0)):
+        seen = -1
+        for t in range(is_space.size(1)):
+            last[b, t] = seen
+            seen = t if is_space[b, t] else seen
+    return last
+
+
+def test_landmarks_of_heads_built_to_look_at_one_landmark():
+    is_space = torch.rand(3, 12, generator=torch.Generator().manual_seed(0)) < 0.3
+    is_space[:, 0] = True                                   # every later query has a space
+    last = _last_space_before(is_space)
+    T = 12
+    on_previous = torch.zeros(3, T, T)
+    on_space = torch.zeros(3, T, T)
+    on_self = torch.eye(T).expand(3, T, T)
+    for b in range(3):
+        for t in range(T):
+            on_previous[b, t, max(t - 1, 0)] = 1
+            on_space[b, t, max(last[b, t].item(), 0)] = 1
+    heads = torch.stack([on_previous, on_space, on_self], dim=1)          # [B, 3 heads, T, T]
+    marks = landmark_weights(heads, is_space)
+    assert torch.allclose(marks["previous character"][0], torch.tensor(1.0))
+    assert torch.allclose(marks["last space"][1], torch.tensor(1.0))
+    assert torch.allclose(marks["current word"], torch.tensor([
+        # the previous character is in the current word unless it is the space itself
+        (last[:, 1:] < torch.arange(T - 1)).float().mean(), 0.0, 1.0]))
+
+
+def test_uniform_heads_score_the_uniform_baseline():
+    model = small_gpt()
+    with torch.no_grad():
+        for block in model.blocks:
+            d = block.attn.n_heads * block.attn.d_head
+            block.attn.qkv.weight[:2 * d] = 0
+            if block.attn.qkv.bias is not None:
+                block.attn.qkv.bias[:2 * d] = 0
+    marks, uniform = word_landmarks(model, DATA, space_id=3, n_windows=8)
+    for name, score in marks.items():
+        assert score.shape == (2, 2)
+        assert torch.allclose(score, torch.tensor(uniform[name]), atol=1e-5), name
+    assert uniform["current word"] > uniform["last space"] > 0

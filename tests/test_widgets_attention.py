@@ -322,3 +322,24 @@ def test_head_cost_failure_is_a_message(monkeypatch):
     monkeypatch.setattr(head_cost_module, "attention_cost", broken)
     w.controls["T"].value = 2048  # must not raise
     assert "Could not show" in w.message.value and "something inside broke" in w.message.value
+
+
+# ---- the "rate" slider as chapter 03 shows it, before exercise 4 --------------------------
+
+
+def test_rate_slider_without_verdict_never_tells_when_the_page_is_matched():
+    from utils.widgets.rate_temperature import rate_temperature
+
+    w = rate_temperature(verdict=False)
+    shown = set()
+    for c in (1.0, 2.0, 2.8, 6.0):       # 2.8 is inside exercise 4's accepted range
+        w.controls["c"].value = c
+        text = html.unescape(w.message.value)
+        assert f"c = {c:.2f}" in text
+        for verdict in ("within", "gap", "increase c", "lower c", "too sharp"):
+            assert verdict not in text, (c, verdict)
+        shown.add(bytes(w.image.value))
+    assert len(shown) == 4                # the picture follows the slider
+    with_verdict = rate_temperature(c=2.8)
+    assert "within 0.02" in with_verdict.message.value
+    assert bytes(with_verdict.image.value) != bytes(rate_temperature(c=2.8, verdict=False).image.value)

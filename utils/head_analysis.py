@@ -8,6 +8,9 @@ Three views, each working for chapter 04's `AttentionLM` and for the GPT of chap
   view" of BertViz), so patterns can be compared at a glance.
 * `head_ablation`: the loss increase when one head's output is zeroed. A head that looks
   striking in a map may not matter; this measures whether the model relies on it.
+* `word_landmarks`: for a character model, how much weight each head puts on the previous
+  character, on the last space before the query, and on the current word, next to what a
+  uniform head would put there.
 """
 
 from __future__ import annotations
@@ -59,6 +62,62 @@ def distance_profile(model: nn.Module, data: torch.Tensor, max_distance: int = 1
     profile = [weights.diagonal(offset=-k, dim1=-2, dim2=-1).mean(dim=(0, -1))  # [L, h]
                for k in range(min(max_distance, T - 1) + 1)]
     return torch.stack(profile, dim=-1)
+
+
+def landmark_weights(weights: torch.Tensor, is_space: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean weight on three landmarks of a character text, per head.
+
+    `weights` is [B, ..., T, T] (causal attention weights, e.g. [B, n_layer, n_head, T, T]),
+    `is_space` is [B, T] (True where the character is a space). Averaged over every query
+    that has a space before it:
+
+    * "previous character": the weight on the key one position back;
+    * "last space": the weight on the most recent space before the query;
+    * "current word": the total weight on the keys after that space, up to the query itself.
+
+    >>> uniform = torch.ones(4, 4).tril() / torch.arange(1, 5)[:, None]   # query t: 1/(t+1)
+    >>> marks = landmark_weights(uniform[None], torch.tensor([[False, True, False, False]]))
+    >>> [round(v.item(), 3) for v in marks.values()]   # queries 2, 3: mean of 1/3 and 1/4
+    [0.292, 0.292, 0.417]
+    """
+    B, T = is_space.shape
+    positions = torch.arange(T, device=is_space.device)
+    # index of the last space at or before t, then shifted: the last space strictly before t
+    last_upto = torch.where(is_space, positions, -1).cummax(dim=1).values
+    last = torch.cat([torch.full((B, 1), -1, device=is_space.device), last_upto[:, :-1]], dim=1)
+    has_space = last >= 0                                              # [B, T] queries that count
+    lead = (B,) + (1,) * (weights.dim() - 3)                           # broadcast over layers/heads
+    key = positions.view(1, 1, T)
+    word = (key > last[:, :, None]) & (key <= positions.view(1, T, 1))  # [B, T query, T key]
+    at_space = key == last[:, :, None]
+    previous = key == positions.view(1, T, 1) - 1
+    count = has_space.sum().clamp_min(1)
+
+    def mean_over_queries(keys: torch.Tensor) -> torch.Tensor:
+        picked = (weights * keys.expand(B, T, T).reshape(*lead, T, T)).sum(-1)   # [B, ..., T]
+        return (picked * has_space.view(*lead, T)).sum(dim=(0, -1)) / count
+
+    return {"previous character": mean_over_queries(previous),
+            "last space": mean_over_queries(at_space),
+            "current word": mean_over_queries(word)}
+
+
+@torch.no_grad()
+def word_landmarks(model: nn.Module, data: torch.Tensor, space_id: int, n_windows: int = 32,
+                   seed: int = 1) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """(per landmark an [n_layer, n_head] tensor of mean weights, per landmark the value of a
+    uniform head), measured on `n_windows` random windows of `data` (see `landmark_weights`).
+
+    The uniform head, which puts 1/(t+1) on each key query t may see, is the baseline: a head
+    well above it on a landmark has learned to look there.
+    """
+    x, _ = _windows(model, data, n_windows, seed)
+    weights = torch.stack(attention_weights(model, x), dim=1).float().cpu()   # [B, L, h, T, T]
+    is_space = (x == space_id).cpu()
+    T = x.size(1)
+    uniform = torch.ones(T, T).tril() / torch.arange(1, T + 1)[:, None]
+    baseline = landmark_weights(uniform.expand(x.size(0), T, T), is_space)
+    return landmark_weights(weights, is_space), {k: v.item() for k, v in baseline.items()}
 
 
 @contextmanager

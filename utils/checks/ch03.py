@@ -13,6 +13,7 @@ from utils.checks.grading import (
     compare_with_reference,
     expect_close,
     expect_number,
+    expect_tensor,
     expect_value,
     grader,
     require_value,
@@ -110,6 +111,8 @@ def softmax(fn):
         (torch.tensor([[1.0, 2.0], [0.0, 5.0]]),),                       # square
         (torch.tensor([[[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]]),),           # a batch [1, 2, 3]
         (torch.tensor([7.0]),),                                          # one key
+        # one head's scores sliced out of [B, h, T, S]: not contiguous, so .view(-1, S) fails
+        (torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(30)).mul(20)[:, 1],),
     ]
     cases += seeded_cases(_softmax_case, n=25, seed=30)
     try:
@@ -163,6 +166,9 @@ def _compare_attention(got, expected, what: str) -> None:
     ref_out, ref_w = expected
     if _close(out, ref_w) and _close(weights, ref_out):
         raise Hint(f"{what}: the pair is in the wrong order; return (output, weights)")
+    # tensors, not lists: the model goes on computing with them
+    weights = expect_tensor(weights, tuple(ref_w.shape), f"{what}: the weights")
+    out = expect_tensor(out, tuple(ref_out.shape), f"{what}: the output")
     expect_close(weights, ref_w, f"{what}: the weights")
     expect_close(out, ref_out, f"{what}: the output")
 
@@ -185,6 +191,9 @@ def _attention_mistake(got, expected, q, k, v) -> str | None:
     for mistake, wrong in _attention_variants(q, k, v).items():
         if out.shape == wrong.shape and torch.allclose(out, wrong.double(), atol=1e-5):
             return mistake
+    if not torch.isfinite(out).all() and torch.isfinite(expected[0]).all():
+        return ("the result contains NaN or inf: with large scores exp() overflows. Subtract "
+                "each row's maximum before exponentiating (or use torch.softmax)")
     return None
 
 
@@ -204,7 +213,13 @@ def attention(fn):
         # one query, one key
         (torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g),
          torch.randn(1, 3, generator=g)),
+        # large scores (about ±100 after scaling): a softmax without the max shift overflows
+        (10 * torch.randn(2, 5, 16, generator=g), 10 * torch.randn(2, 5, 16, generator=g),
+         torch.randn(2, 5, 4, generator=g)),
     ]
+    # heads split from [B, T, h, d] and transposed, as a model hands them over: not contiguous
+    qkv = torch.randn(3, 2, 6, 3, 4, generator=g).transpose(2, 3)      # 3 x [B, h, T, d]
+    cases.append((qkv[0], qkv[1], qkv[2]))
     cases += seeded_cases(_attention_case, n=20, seed=31)
     compare_with_reference(fn, scaled_dot_product_attention, cases, _compare_attention,
                            name="attend", diagnose=_attention_mistake)
@@ -241,6 +256,10 @@ def rate_weights(answer):
          "you multiplied the scores by √d_k; divide them by it"),
         (scores / math.sqrt(EXERCISE_D_K), 1e-4, "those are the scaled scores; now apply the "
                                                  "softmax"),
+        (torch.softmax(scores / 2, -1), 1e-3, "those are the weights for d_k = 4 (÷ 2) from "
+                                              "section 2; the exercise asks for d_k = 64"),
+        (torch.softmax(scores / 4, -1), 1e-3, "those are the weights for d_k = 16 (÷ 4) from "
+                                              "section 3's table; the exercise asks for d_k = 64"),
         (expected.flip(0), 1e-3, "the weights are in the wrong order: give them in sentence "
                                  f"order, {RATE_TOKENS}"),
         (expected.sort(descending=True).values, 1e-3,
@@ -293,9 +312,10 @@ def page_scale(answer):
                    "all six tokens at once: fit the slope of log(w) against s, or scan c and "
                    f"keep the one whose worst difference is smallest (it must be ≤ {PAGE_TOLERANCE})")
     if 0 < c <= 1:
-        raise Hint(f"c = {c:g} gives weights {[round(w, 3) for w in got.tolist()]}: multiplying "
-                   "by c ≤ 1 (which is what dividing by √d_k does) only flattens the weights, "
-                   "but the page's are sharper than plain softmax. Try c > 1")
+        # (only the largest weight, to two decimals: the weights for c = 1/8 are exercise 3)
+        raise Hint(f"c = {c:g} gives 'rate' a weight of {got.max():.2f}, the page {page.max():.2f}: "
+                   "multiplying by c ≤ 1 (which is what dividing by √d_k does) only flattens the "
+                   "weights, but the page's are sharper than plain softmax. Try c > 1")
     shown = [round(w, 3) for w in got.tolist()]
     direction = "sharper" if got.max() > page.max() else "flatter"
     size = "too big" if direction == "sharper" else "too small"
@@ -355,6 +375,9 @@ def _causal_mistake(got, expected, q, k, v) -> str | None:
     for mistake, wrong in _causal_variants(q, k, v).items():
         if weights.shape == wrong.shape and torch.allclose(weights, wrong.double(), atol=1e-5):
             return mistake
+    if not torch.isfinite(weights).all():
+        return ("the weights contain NaN or inf: with large scores exp() overflows. Subtract "
+                "each row's maximum before exponentiating (or use torch.softmax)")
     return None
 
 
@@ -372,6 +395,9 @@ def causal_attention(fn):
         # a batch of heads [B, h, T, d], with large scores so a 0 fill still matters
         (3 * torch.randn(2, 2, 5, 8, generator=g), 3 * torch.randn(2, 2, 5, 8, generator=g),
          torch.randn(2, 2, 5, 8, generator=g)),
+        # scores of about ±100: a softmax without the max shift overflows
+        (10 * torch.randn(6, 16, generator=g), 10 * torch.randn(6, 16, generator=g),
+         torch.randn(6, 3, generator=g)),
     ]
     # heads split from [B, T, h, d] and transposed, as a model hands them over: not contiguous,
     # so a .view() on them fails

@@ -3,8 +3,9 @@
 The explainer page prints attention weights for "rate" over "The merchant chargeback rate is
 high" next to raw scores. Plain softmax of those scores is much flatter than the printed
 weights. Multiplying the scores by a factor c before the softmax (c = 1 / temperature) sharpens
-the distribution; drag c and watch the bars meet the page's stars. Exercise 4 of the chapter
-asks for such a c by computation; this slider shows it by eye.
+the distribution; drag c and watch the bars approach the page's stars. Exercise 4 of the chapter
+asks for such a c by computation, so the chapter shows the slider with `verdict=False`: bars and
+stars only, no "within 0.02" message and no gap in the title, which would hand out the answer.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def weights_at(c: float) -> torch.Tensor:
     return torch.softmax(c * torch.tensor(RATE_SCORES, dtype=torch.float64), dim=-1)
 
 
-def draw(c: float) -> tuple[bytes, str]:
-    """The PNG and the message for one multiplier c."""
+def draw(c: float, verdict: bool = True) -> tuple[bytes, str]:
+    """The PNG and the message for one multiplier c; with `verdict=False` neither says how far
+    the bars are from the stars."""
     weights = weights_at(c)
     page = torch.tensor(PAGE_WEIGHTS, dtype=torch.float64)
     gap = (weights - page).abs().max().item()
@@ -40,10 +42,15 @@ def draw(c: float) -> tuple[bytes, str]:
     ax.set_ylim(0, 0.6)
     ax.set_xlabel("key token (query: 'rate')")
     ax.set_ylabel("attention weight")
-    ax.set_title(f"c = {c:.2f} (temperature {1 / c:.2f}): largest gap to the page {gap:.3f}")
+    gap_text = f": largest gap to the page {gap:.3f}" if verdict else ""
+    ax.set_title(f"c = {c:.2f} (temperature {1 / c:.2f}){gap_text}")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    if gap <= PAGE_TOLERANCE:
+    if not verdict:
+        text, level = (f"c = {c:.2f}: the bars are softmax(c × score), the stars the page's "
+                       "weights. How close is close enough, and which c gets there, is for "
+                       "exercise 4 to compute.", "info")
+    elif gap <= PAGE_TOLERANCE:
         text, level = (f"c = {c:.2f}: every weight is within {PAGE_TOLERANCE} of the page's. "
                        "The page's numbers come from sharper scores than it shows.", "success")
     else:
@@ -53,9 +60,10 @@ def draw(c: float) -> tuple[bytes, str]:
     return figure_to_png(fig), message_html(text, level)
 
 
-def rate_temperature(c: float = 1.0) -> widgets.VBox:
+def rate_temperature(c: float = 1.0, verdict: bool = True) -> widgets.VBox:
     """Build the widget. Control: `w.controls["c"]` (FloatSlider, 0.25 to 6); outputs `w.image`
-    (PNG) and `w.message` (HTML).
+    (PNG) and `w.message` (HTML). `verdict=False` leaves out the largest gap and the message
+    saying when every bar is within 0.02 of its star (the chapter uses it before exercise 4).
 
     >>> w = rate_temperature()
     >>> before = w.image.value
@@ -70,7 +78,7 @@ def rate_temperature(c: float = 1.0) -> widgets.VBox:
 
     @guarded(message, "this value of c")
     def update(_=None) -> None:
-        image.value, message.value = draw(slider.value)
+        image.value, message.value = draw(slider.value) if verdict else draw(slider.value, verdict=False)
 
     controls = {"c": slider}
     watch(controls, update)
