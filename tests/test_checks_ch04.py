@@ -5,7 +5,13 @@ Every wrong answer below is one a learner could really write; each must be rejec
 
 import torch
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.attention import merge_heads, repeat_kv, split_heads
 from utils.checks import ch04 as check
 
@@ -220,3 +226,37 @@ def test_repeat_kv_rejects_expand_then_view():
 
 def test_repeat_kv_rejects_repeating_by_the_head_count():
     assert_rejects(check.repeat_kv_heads, lambda x, n: x.repeat_interleave(x.shape[1], dim=1))
+
+
+# ---- every grader tries more than its first case --------------------------------------------
+# Each wrong answer is right on the grader's first hand-picked case only: a grader thinned to
+# that one case would accept it. split_merge calls split_heads twice on its first case (once
+# alone, once in the round trip), so its wrong answers are keyed on the first case's shape.
+
+def _right_on(first_shape, right, wrong):
+    def answer(x, *args):
+        return (right if tuple(x.shape) == first_shape else wrong)(x, *args)
+    return answer
+
+
+def test_every_grader_goes_past_its_first_case():
+    no_transpose = lambda x, n: x.reshape(x.shape[0], n, x.shape[1], x.shape[2] // n)
+    assert_rejects(check.split_merge, _right_on((2, 3, 8), split_heads, no_transpose), merge_heads)
+    wrong_merge = lambda x: x.reshape(x.shape[0], x.shape[2], -1)
+    assert_rejects(check.split_merge, split_heads, _right_on((2, 2, 3, 4), merge_heads, wrong_merge))
+    assert_rejects(check.mha_from_heads, right_on_first_call_only(
+        from_heads, lambda x, heads, proj: torch.cat([h(x)[0] for h in heads], dim=-1)))
+    assert_rejects(check.count_params, right_on_first_call_only(
+        count, lambda d, h, kv, b: 4 * d * d + (4 * d if b else 0)))
+    assert_rejects(check.repeat_kv_heads, right_on_first_call_only(
+        repeat_kv, lambda x, n: x.repeat(1, n, 1, 1)))
+
+
+def test_lists_where_tensors_are_expected_are_rejected():
+    assert "tensor" in assert_rejects(check.split_merge, lambda x, n: split_heads(x, n).tolist(),
+                                      merge_heads)
+    assert "tensor" in assert_rejects(check.split_merge, split_heads,
+                                      lambda x: merge_heads(x).tolist())
+    assert "tensor" in assert_rejects(check.mha_from_heads,
+                                      lambda x, heads, proj: from_heads(x, heads, proj).tolist())
+    assert "tensor" in assert_rejects(check.repeat_kv_heads, lambda x, n: repeat_kv(x, n).tolist())
