@@ -82,6 +82,24 @@ def test_aux_loss_is_one_for_a_uniform_router_and_not_below_for_others():
     assert moe.aux_loss.item() > 1.5
 
 
+@pytest.mark.parametrize("n_experts,top_k", [(4, 2), (8, 2), (4, 1), (8, 1), (6, 3)])
+def test_aux_loss_of_a_collapsed_router_approaches_n_experts_over_top_k(n_experts, top_k):
+    # Every token picks the same top_k experts (f = 1/top_k for each of them) and the router
+    # is sure of one of them (P = 1 there): aux = n_experts * (1/top_k) * 1. Nothing scores more,
+    # since sum_i f_i P_i <= max_i f_i <= 1/top_k. "About twice the floor" holds only for n/k = 2.
+    moe = MoEFeedForward(8, n_experts=n_experts, top_k=top_k, hidden=8)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 20.0                 # expert 0 wins every positive token
+        moe.router.weight[1:top_k] = 10.0           # and the same runners-up fill the top_k
+    moe(torch.ones(2, 16, 8))
+    assert moe.aux_loss.item() == pytest.approx(n_experts / top_k, rel=1e-3)
+    torch.manual_seed(0)
+    moe.router.weight.data.normal_(std=3.0)
+    moe(torch.randn(4, 16, 8))
+    assert moe.aux_loss.item() <= n_experts / top_k + 1e-6
+
+
 def test_gradients_reach_the_router_through_gates_and_aux_loss():
     torch.manual_seed(3)
     moe = MoEFeedForward(8, n_experts=4, top_k=2, hidden=8)

@@ -46,7 +46,9 @@ class MoEFeedForward(nn.Module):
                   f counts, so it has no gradient; P carries it, and the product is largest
                   when the same experts both get the tokens and are rated highly, so
                   minimising it spreads probability (and then tokens) out. A perfectly
-                  uniform router gives f_i = P_i = 1 / n_experts and aux_loss = 1.
+                  uniform router gives f_i = P_i = 1 / n_experts and aux_loss = 1; a
+                  collapsed one (every token to the same experts, the router sure of one)
+                  approaches the maximum n_experts / top_k, since each f_i <= 1 / top_k.
     router_probs  the router's probabilities [B * T, n_experts] (detached), for plotting
     expert_counts how many tokens each expert processed [n_experts] (a token counts once
                   for each of its top_k experts)
