@@ -2,7 +2,13 @@
 
 import torch
 
-from tests.grading import assert_accepts, assert_not_attempted, assert_rejects, stub
+from tests.grading import (
+    assert_accepts,
+    assert_not_attempted,
+    assert_rejects,
+    right_on_first_call_only,
+    stub,
+)
 from utils.checks import ch09 as check
 from utils.kv_memory import GIB, kv_cache_bytes
 from utils.tiled_attention import online_softmax_merge
@@ -76,6 +82,23 @@ def test_kv_update_rejects_classic_mistakes():
         return [kv_cache_update(cache_k, cache_v, k, v)[0]]
     assert "tuple" in assert_rejects(check.kv_cache_update, returns_list)
 
+    def python_lists(cache_k, cache_v, k, v):          # lists of numbers, not tensors
+        return tuple(t.tolist() for t in kv_cache_update(cache_k, cache_v, k, v))
+    assert "tensor" in assert_rejects(check.kv_cache_update, python_lists)
+
+
+def test_kv_update_grader_needs_more_than_its_first_case():
+    # The grader also replays a prefill and decode steps (batch 2, 2 heads of 4) after its
+    # cases, so an answer right only on the first call would be caught there alone. This one
+    # is right on the first case AND on that replay, and wrong elsewhere (3 heads, batch 1...):
+    # only the grader's other cases can reject it.
+    def right_on_first_case_and_replay(cache_k, cache_v, k, v):
+        if cache_k is None or (tuple(k.shape[:2]) == (2, 2) and k.size(-1) == 4):
+            return kv_cache_update(cache_k, cache_v, k, v)
+        return _cat(2, new_first=True)(cache_k, cache_v, k, v)
+    assert "before the old" in assert_rejects(check.kv_cache_update,
+                                              right_on_first_case_and_replay)
+
 
 # ---- exercise 2: the online-softmax merge ----------------------------------------------------
 
@@ -127,6 +150,20 @@ def test_merge_rejects_classic_mistakes():
         m, total, o = merge(m1, l1, o1, m2, l2, o2)
         return o / total
     assert "tuple" in assert_rejects(check.online_softmax_merge, returns_output)
+
+    def python_lists(m1, l1, o1, m2, l2, o2):
+        return tuple(t.tolist() for t in merge(m1, l1, o1, m2, l2, o2))
+    assert "tensor" in assert_rejects(check.online_softmax_merge, python_lists)
+
+    def squeezed(m1, l1, o1, m2, l2, o2):                # m and l as [..., T], not [..., T, 1]
+        m, total, o = merge(m1, l1, o1, m2, l2, o2)
+        return m.squeeze(-1), total.squeeze(-1), o
+    assert_rejects(check.online_softmax_merge, squeezed)
+
+
+def test_merge_grader_needs_more_than_its_first_case():
+    assert_rejects(check.online_softmax_merge,
+                   right_on_first_call_only(merge, _merge_variant(scale_l1=False)))
 
 
 # ---- exercise 3: the KV-memory formula ------------------------------------------------------
@@ -181,7 +218,16 @@ def test_kv_gib_rejects_classic_mistakes():
     assert "number" in assert_rejects(check.kv_cache_gib, as_text)
 
 
+def test_kv_gib_grader_needs_more_than_its_first_case():
+    # Llama 3 8B (the first case) has batch 1 and 2 bytes per value: ignoring the batch and
+    # hard-coding bf16 is right there and wrong on the other cases
+    def batch_one_bf16(L, h, kv, d, T, B, b):
+        return 2 * L * kv * d * T * 2 / 2**30
+    assert_rejects(check.kv_cache_gib, right_on_first_call_only(kv_cache_gib, batch_one_bf16))
+
+
 # ---- exercise 4: Llama 3.1 70B at 128K -------------------------------------------------------
+# (a value exercise: one number checked once, so there is no list of cases to thin)
 
 
 def test_llama_value():
