@@ -236,7 +236,9 @@ def _short(value: Any, limit: int = 120) -> str:
         kind = "tensor" if isinstance(value, torch.Tensor) else "array"
         flat = (value.detach().flatten() if kind == "tensor" else value.flatten()).tolist()
         numbers = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in flat[:6])
+        # a shape is shown unless the value is a short row: [2, 3] printed flat hides the batch
         text = (f"{kind}(shape={tuple(value.shape)}, [{numbers}, ...])" if len(flat) > 6
+                else f"{kind}(shape={tuple(value.shape)}, [{numbers}])" if value.ndim > 1
                 else f"{kind}([{numbers}])")
     else:
         text = repr(value)
