@@ -129,5 +129,5 @@ def plot_recall_accuracy(distances: list[int], accuracy: dict[str, list[float]],
     ax.set_xlabel("distance from the first token to the question")
     ax.set_ylabel("accuracy on 1,000 fresh rows")
     ax.set_title("Recall the first token, after training")
-    ax.legend(loc="center left", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)   # the upper right and lower left hold lines
     return ax
