@@ -639,7 +639,7 @@ def _progress_bar(start: int, total: int, enabled: bool):
     from tqdm.notebook import tqdm as notebook_tqdm
 
     settings = dict(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
-    if tqdm is not notebook_tqdm:
+    if not issubclass(tqdm, notebook_tqdm):
         return tqdm(**settings)
     # A saved notebook keeps only the text the widget had when it was displayed ("0/400").
     # Displaying it under a display id lets `_close_progress_bar` redraw that text at the end.
