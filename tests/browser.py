@@ -188,3 +188,20 @@ class Lab:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"cells did not finish within {timeout_s} s; prompts: {prompts}")
+
+
+def image_widths(widget) -> tuple[float, float]:
+    """(natural width, rendered width) in CSS pixels of the first picture inside `widget`, once
+    it has loaded: equal when the picture is shown at its own size, not stretched or shrunk."""
+    image = widget.locator("img").first
+    image.page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                 arg=image.element_handle(), timeout=30_000)
+    return image.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+
+
+def clipped_texts(widget) -> list[str]:
+    """Labels and buttons inside `widget` whose text does not fit (cut to 'M…')."""
+    return widget.evaluate(
+        "el => [...el.querySelectorAll('.widget-label, .widget-toggle-button, button')]"
+        ".filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1)"
+        ".map(e => e.innerText)")

@@ -3,6 +3,8 @@ JupyterLab and the parameter count and picture must change; then a preset is pic
 
 import pytest
 
+from tests.browser import clipped_texts, image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.model_calculator import model_calculator\n"
@@ -35,3 +37,11 @@ def test_model_calculator_slider_moves_in_browser(lab):
     widget.locator("select").first.select_option("Llama-3-8B")
     page.wait_for_function("el => el.innerText.includes('8.03B parameters')",
                            arg=message.element_handle(), timeout=30_000)
+
+    # the picture at its own size; the GELU/SwiGLU toggle on one line; no label cut short
+    natural, shown = image_widths(widget)
+    assert shown == natural, (natural, shown)
+    tops = widget.locator(".widget-toggle-button").evaluate_all(
+        "buttons => buttons.map(b => Math.round(b.getBoundingClientRect().top))")
+    assert len(tops) == 2 and tops[0] == tops[1], tops
+    assert clipped_texts(widget) == []

@@ -3,6 +3,8 @@ and its padding slider moved with the keyboard; the picture and the message must
 
 import pytest
 
+from tests.browser import image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.mask_explorer import mask_explorer\n"
@@ -36,3 +38,17 @@ def test_mask_explorer_toggles_in_browser(lab):
                            arg=message.element_handle(), timeout=30_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), bidirectional_src], timeout=30_000)
+    natural, shown = image_widths(widget)
+    assert shown == natural, (natural, shown)                 # not stretched to the output
+
+    # An empty sentence: the message asks for one and the three panels give way to the grey
+    # placeholder (a narrower picture), so no old mask stays next to the message.
+    padded_src = image.get_attribute("src")
+    widget.locator("input[type=text]").first.fill("")
+    widget.locator("input[type=text]").first.press("Enter")
+    page.wait_for_function("el => el.innerText.includes('Type a sentence')",
+                           arg=message.element_handle(), timeout=30_000)
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[image.element_handle(), padded_src], timeout=30_000)
+    placeholder, _ = image_widths(widget)
+    assert placeholder < natural / 2, (placeholder, natural)

@@ -4,6 +4,8 @@ is moved with the keyboard and the log-scale checkbox clicked, and the picture c
 
 import pytest
 
+from tests.browser import image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.training_curves import training_curves\n"
@@ -39,3 +41,5 @@ def test_training_curves_update_and_controls_in_browser(lab):
     widget.locator("input[type=checkbox]").first.click()     # log scale
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), smoothed_src], timeout=30_000)
+    natural, shown = image_widths(widget)
+    assert shown == natural, (natural, shown)                 # its own size, not stretched

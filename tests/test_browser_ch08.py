@@ -4,6 +4,8 @@ the message and the timings must change."""
 
 import pytest
 
+from tests.browser import image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.sampling import next_token_explorer, step_generator\n"
@@ -29,6 +31,9 @@ def test_sampling_widgets_respond_in_browser(lab):
                            arg=message.element_handle(), timeout=30_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), before], timeout=30_000)
+
+    natural, shown = image_widths(explorer)
+    assert shown == natural, (natural, shown)                 # its own size, not stretched
 
     stepper = page.locator(".jupyter-widgets.widget-vbox").filter(
         has=page.get_by_role("button", name="next token")).last

@@ -4,6 +4,8 @@ picture must change."""
 
 import pytest
 
+from tests.browser import clipped_texts, image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.kv_memory import kv_memory_calculator\n"
@@ -41,4 +43,15 @@ def test_kv_memory_calculator_responds_in_browser(lab):
     # a model with multi-head latent attention: its context and numbers are copied in
     widget.locator("select").first.select_option("DeepSeek-V3")
     page.wait_for_function("el => el.innerText.includes('MLA: each token adds 70,272 B')",
+                           arg=message.element_handle(), timeout=30_000)
+
+    # "MQA", "MLA latent" and the other labels fit; the bars are shown at their own size
+    assert clipped_texts(widget) == []
+    natural, shown = image_widths(widget)
+    assert shown == natural, (natural, shown)
+
+    # DeepSeek-V3 -> custom -> GQA: a grouped cache, not MHA under a GQA label
+    widget.locator("select").first.select_option("custom")
+    widget.get_by_role("button", name="GQA").click()
+    page.wait_for_function("el => el.innerText.startsWith('GQA: each token adds')",
                            arg=message.element_handle(), timeout=30_000)

@@ -4,6 +4,8 @@ must change."""
 
 import pytest
 
+from tests.browser import image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.lora_explorer import lora_explorer\n"
@@ -32,6 +34,12 @@ def test_lora_explorer_responds_in_browser(lab):
                            arg=message.element_handle(), timeout=30_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), before], timeout=30_000)
+
+    # the rank slider gives each rank room (a small drag is one step), the picture its own size
+    track = explorer.locator(".noUi-target").first.bounding_box()
+    assert track["width"] / 7 >= 40, track
+    natural, shown = image_widths(explorer)
+    assert shown == natural, (natural, shown)
 
     # adding the MLP's up projection (128 -> 512) wraps 6 more layers
     explorer.get_by_text("MLP up").click()
