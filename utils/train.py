@@ -480,7 +480,9 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
                     {"event": "eval", "step", "train", "val"} at every evaluation,
                     {"event": "end", "step", "history"} when the run ends
     checkpoint_path where to save (atomically) at every evaluation and at the end
-    resume          continue from checkpoint_path if it exists (exactly: same final weights)
+    resume          continue from checkpoint_path if it exists (exactly: same final weights);
+                    a larger max_steps keeps the saved run's decay length unless
+                    decay_steps is given (a printed line says which)
     progress        show a tqdm progress bar
 
     Under `torchrun` (torch.distributed initialised) the model is wrapped in
