@@ -200,3 +200,16 @@ def test_torch_calls_records_result_shapes():
     factored = torch_calls(lambda x: (x @ A.T) @ B.T + x @ W.T, torch.randn(3, 4))
     assert ((6, 4),) in [shapes for _, shapes in merged]
     assert ((6, 4),) not in [shapes for _, shapes in factored]
+
+
+def test_a_difference_below_the_printed_digits_is_shown_in_full():
+    """'expected 0.1235, got 0.1235' helps nobody: show the entry that differs with its digits."""
+    from utils.checks.grading import Hint, expect_close
+
+    expected = torch.tensor([[0.1, 0.123456], [0.3, 0.4]])
+    got = expected.clone()
+    got[0, 1] += 3e-6
+    with pytest.raises(Hint) as caught:
+        expect_close(got, expected, "f(x)", atol=1e-7, rtol=0)
+    message = str(caught.value)
+    assert "at index [0, 1]" in message and "0.123456" in message and "0.123459" in message

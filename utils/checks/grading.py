@@ -121,8 +121,15 @@ def expect_close(got: Any, expected: Any, what: str, atol: float = 1e-5, rtol: f
     if not torch.isfinite(got_t).all():
         raise Hint(f"{what}: the result contains NaN or inf")
     if not torch.allclose(got_t, expected_t, atol=atol, rtol=rtol):
-        worst = (got_t - expected_t).abs().max().item()
-        raise Hint(f"{what}: expected {_short(expected)}, got {_short(got)} "
+        difference = (got_t - expected_t).abs()
+        worst = difference.max().item()
+        shown_expected, shown_got = _short(expected), _short(got)
+        if shown_expected == shown_got:   # equal at 4 digits: show the worst entry in full
+            index = tuple(int(i) for i in torch.nonzero(difference == worst)[0].tolist())
+            at = f" at index {list(index)}" if index else ""
+            raise Hint(f"{what}: off by {worst:.3g}{at}: expected "
+                       f"{expected_t[index].item():.10g}, got {got_t[index].item():.10g}")
+        raise Hint(f"{what}: expected {shown_expected}, got {shown_got} "
                    f"(largest difference {worst:.3g})")
 
 
