@@ -47,3 +47,40 @@ def test_fast_preset_builds_and_trains_two_steps_on_shakespeare():
     # uniformly among the characters (ln vocab), and not implausibly well either.
     loss = split_loss(result.model, val_ids[:5000], config.block_size)
     assert 2.0 < loss < math.log(tokenizer.vocab_size) + 0.5
+
+
+def _fake_gpu(monkeypatch, native_bf16: bool):
+    """A CUDA device whose bf16 is native, or only emulated (is_bf16_supported's default
+    answer is True for both)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: native_bf16 or including_emulation)
+
+
+def test_auto_dtype_is_bf16_only_where_a_gpu_runs_it_natively(monkeypatch):
+    from utils.train import TrainConfig, autocast_dtype
+
+    config = TrainConfig(dtype="auto")
+    _fake_gpu(monkeypatch, native_bf16=True)
+    assert autocast_dtype(config, torch.device("cuda")) == torch.bfloat16
+    _fake_gpu(monkeypatch, native_bf16=False)        # a T4 or V100: emulated bf16 is slow
+    assert autocast_dtype(config, torch.device("cuda")) == torch.float16
+    assert autocast_dtype(config, torch.device("cpu")) is None
+    assert autocast_dtype(TrainConfig(dtype="bfloat16"), torch.device("cuda")) == torch.bfloat16
+
+
+def test_float16_training_goes_through_the_grad_scaler_and_learns_the_same():
+    """The fp16 path (what an older GPU gets) scales the loss, unscales before clipping and
+    steps through the scaler; on a CPU it must train as float32 does."""
+    text = load_corpus("shakespeare")[:20000]
+    tokenizer = CharTokenizer(text)
+    train_ids, val_ids = train_val_split(torch.tensor(tokenizer.encode(text)))
+    losses = {}
+    for dtype in ("float32", "float16"):
+        config = preset("tiny", "cpu", dtype=dtype, max_steps=20)
+        torch.manual_seed(0)
+        result = train(build_model(config, tokenizer.vocab_size), train_ids, val_ids, config,
+                       progress=False)
+        losses[dtype] = result.history["loss"]
+    assert losses["float16"][-1] < losses["float16"][0] - 0.5        # it learned
+    assert max(abs(a - b) for a, b in zip(losses["float16"], losses["float32"],
+                                          strict=True)) < 1e-2

@@ -97,7 +97,8 @@ class TrainConfig:
     # machine
     device: str = _flag("auto", "cpu, cuda, cuda:1, mps, or auto (utils.device.get_device)")
     dtype: str = _flag("auto", "float32, bfloat16 or float16 autocast; auto = bfloat16 on a "
-                               "CUDA GPU that supports it, else float32")
+                               "CUDA GPU with native bf16, float16 (loss-scaled) on an older "
+                               "CUDA GPU, float32 elsewhere")
     compile: bool = _flag(False, "torch.compile the model (faster on GPUs after a warm-up)")
     seed: int = _flag(1337, "seed of the initial weights, the data order and dropout")
 
@@ -238,9 +239,13 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     float32's range, so unlike float16 it needs no loss scaling.
     """
     if config.dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type != "cuda":
+            return None
+        # is_bf16_supported() says True by default on GPUs that only *emulate* bf16 (a T4, a
+        # V100), where it is slow; those get float16, which the GradScaler below makes safe.
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16
-        return None
+        return torch.float16
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
 
 
