@@ -200,10 +200,9 @@ def gpt_from_hf_pretrained(name_or_path: str, **kwargs) -> GPT:
         except OSError:
             if online:
                 raise
-            cache = kwargs.get("cache_dir") or "the default Hugging Face cache"
             raise HubUnavailable(
                 f"cannot load {name_or_path!r}: it is not a folder, the Hugging Face Hub is not "
-                f"reachable (or HF_HUB_OFFLINE is set) and {cache} holds no copy") from None
+                f"reachable (or HF_HUB_OFFLINE is set) and no copy is cached") from None
     return gpt_from_hf(hf_model)
 
 

@@ -90,7 +90,7 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None  # the shift, beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the fused kernel computes exactly `layer_norm` above, in one pass
+        # the fused kernel computes exactly `layer_norm` above, both statistics in one pass over memory
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
