@@ -4,7 +4,7 @@
     python tools/gpu_check.py --part train             # one part again (repeatable)
     python tools/gpu_check.py --device cpu --quick     # rehearse the same plan at toy sizes
 
-Parts, in order (about 6 minutes on one H100 for all of them):
+Parts, in order (planned to fit about 6 minutes on one H100; not yet timed on one):
   notebooks  every chapter and solutions notebook headless (tools/run_headless.py): seconds each,
              and the failing cell of any that breaks
   train      the `shakespeare-char` preset for this device: wall time until the trainer's val
