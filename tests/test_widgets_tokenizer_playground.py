@@ -6,6 +6,7 @@ import ipywidgets
 import pytest
 
 from utils.widgets import tokenizer_playground as playground_module
+from utils.widgets.display import placeholder_png
 from utils.widgets.tokenizer_playground import DEFAULT_TEXT, MAX_CHARS, tokenizer_playground
 
 
@@ -47,10 +48,16 @@ def test_vocab_size_choice_changes_the_bpe_panel(playground):
     assert large < small
 
 
-def test_empty_text_shows_a_message(playground):
+def test_empty_text_shows_a_message_and_clears_the_chart(playground):
     playground.controls["text"].value = ""
     assert "Type some text" in playground.outputs["html"].value
     assert "Traceback" not in playground.outputs["html"].value
+    assert playground.image.value == placeholder_png()  # no chart of the text that was there
+    playground.controls["vocab_size"].value = 300         # still nothing to count
+    assert playground.image.value == placeholder_png()
+    playground.controls["vocab_size"].value = 512
+    playground.controls["text"].value = "back again"
+    assert playground.image.value != placeholder_png() and "back" in playground.message.value
 
 
 def test_unknown_characters_show_a_message_and_bpe_still_works(playground):
@@ -94,3 +101,10 @@ def test_a_failing_tokenizer_is_a_message(playground, monkeypatch):
     playground.controls["text"].value = "something new"  # must not raise
     html = playground.outputs["html"].value
     assert "Could not show" in html and "tokenizer exploded" in html
+    assert playground.image.value == placeholder_png()  # the old chart does not stay
+
+
+def test_chart_is_shown_at_its_own_size(playground):
+    image = playground.image
+    assert image.layout.max_width == "none" and image.layout.width is None
+    assert playground.children[-1].children == (image,)  # in a box that scrolls, not shrinks

@@ -18,11 +18,14 @@ import matplotlib.pyplot as plt
 from utils.data import load_corpus, train_val_split
 from utils.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, pretrained_bpe
 from utils.widgets.display import (
+    CannotShow,
     cap_text,
     clean_text,
     figure_to_png,
     guarded,
     message_html,
+    picture_image,
+    scrolling,
     watch,
     widget_box,
 )
@@ -160,7 +163,8 @@ def tokenizer_playground(text: str = DEFAULT_TEXT, vocab_sizes: Sequence[int] = 
       `box.message`) and `box.outputs["image"]` (Image: PNG bar chart of the token counts;
       also `box.image`).
 
-    Text longer than `max_chars` characters is cut, and the message says so.
+    Text longer than `max_chars` characters is cut, and the message says so. Empty text, or
+    a tokenizer that fails, shows a message and replaces the chart by a grey placeholder.
     """
     start = time.perf_counter()
     char, word, bpes = _Tokenizers.get(vocab_sizes)
@@ -172,17 +176,13 @@ def tokenizer_playground(text: str = DEFAULT_TEXT, vocab_sizes: Sequence[int] = 
     size = widgets.Dropdown(options=list(vocab_sizes), value=vocab_sizes[len(vocab_sizes) // 2],
                             description="BPE vocab")
     shown = widgets.HTML()
-    image = widgets.Image(format="png", layout=widgets.Layout(width="420px"))
+    image = picture_image()  # the chart at its own size, not stretched to the output
 
-    @guarded(shown, "this text")
+    @guarded(shown, "this text", picture=image)
     def update(_change=None) -> None:
         value, warning = cap_text(clean_text(text_box.value), max_chars, "text")
-        if not value:
-            shown.value = message_html("Type some text above to see how each tokenizer "
-                                       "cuts it.", "info")
-            image.value = _chart([Tokenized(n, [], []) for n in
-                                  ("char", "word", f"BPE {size.value}")], 0)
-            return
+        if not value:  # nothing to count: the old chart would describe text no longer there
+            raise CannotShow("Type some text above to see how each tokenizer cuts it.", "info")
         results = tokenize_all(value, char, word, bpes[size.value])
         panels = "".join(_spans(r) for r in results)
         shown.value = (warning + '<div style="display:flex;flex-wrap:wrap;gap:6px">'
@@ -191,7 +191,7 @@ def tokenizer_playground(text: str = DEFAULT_TEXT, vocab_sizes: Sequence[int] = 
 
     controls = {"text": text_box, "vocab_size": size}
     watch(controls, update)
-    box = widget_box([widgets.HBox([text_box, size]), shown, image], controls,
+    box = widget_box([widgets.HBox([text_box, size]), shown, scrolling(image)], controls,
                      outputs={"html": shown, "image": image}, image=image, message=shown)
     box.load_seconds = load_s
     return box
