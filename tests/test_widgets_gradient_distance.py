@@ -1,6 +1,7 @@
 import torch
 
 from utils.widgets import gradient_distance
+from utils.widgets.display import placeholder_png
 from utils.widgets.gradient_distance import describe, gradient_distance_explorer
 
 
@@ -68,9 +69,16 @@ def test_a_failing_computation_is_a_message_not_a_traceback(monkeypatch):
     monkeypatch.setattr(gradient_distance, "compare_gradients", broken)
     w.controls["seq_len"].value = 40  # must not raise
     assert "Could not show" in w.readout.value and "out of memory" in w.readout.value
+    assert w.image.value == placeholder_png()  # not the curves of length 30 under "40"
     monkeypatch.undo()
     w.controls["seq_len"].value = 50  # and the widget still works afterwards
-    assert "At position" in w.readout.value
+    assert "At position" in w.readout.value and w.image.value != placeholder_png()
+
+
+def test_plot_is_shown_at_its_own_size():
+    w = gradient_distance_explorer(seq_len=30)
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None
+    assert w.children[-1].children == (w.image,)
 
 
 def test_recall_plot_labels_each_distance_once():

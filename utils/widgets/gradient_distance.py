@@ -12,6 +12,8 @@ from utils.widgets.display import (
     guarded,
     message_html,
     one_thread,
+    picture_image,
+    scrolling,
     watch,
     widget_box,
 )
@@ -57,7 +59,8 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
     The returned box has `.controls` (a dict of the three sliders by name: "seq_len",
     "position", "recurrent_scale"), `.image` (the plot as PNG) and `.readout` (HTML text, also
     reachable as `.message`). The gradients are recomputed only when the length or the scale
-    changes (under 1 s at length 300 on a 2-core CPU), not when t moves.
+    changes (under 1 s at length 300 on a 2-core CPU), not when t moves. If they cannot be
+    computed, the readout says why and the plot is replaced by a grey placeholder.
     """
     controls = {
         "seq_len": widgets.IntSlider(value=seq_len, min=10, max=300, step=10,
@@ -71,7 +74,7 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
                                                continuous_update=False,
                                                style={"description_width": "initial"}),
     }
-    image = widgets.Image(format="png")
+    image = picture_image()  # at its own size, not stretched to the output
     readout = widgets.HTML()
     cache: dict[tuple, torch.Tensor] = {}
 
@@ -90,7 +93,7 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
             del cache[key]  # keep only the current curves
         return {name: cache[key] for name, key in wanted.items()}
 
-    @guarded(readout, "this setting")
+    @guarded(readout, "this setting", picture=image)
     def redraw(_change=None) -> None:
         clamped = controls["position"].value > controls["seq_len"].value
         controls["position"].max = controls["seq_len"].value  # also clamps position's value
@@ -104,7 +107,7 @@ def gradient_distance_explorer(seq_len: int = 100, recurrent_scale: float = 0.9)
 
     watch(controls, redraw)
     # `message` is the same HTML as `readout`: every widget of the course has a `.message`
-    return widget_box([*controls.values(), readout, image], controls, image=image,
+    return widget_box([*controls.values(), readout, scrolling(image)], controls, image=image,
                       readout=readout, message=readout)
 
 
