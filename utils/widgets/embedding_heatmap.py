@@ -11,11 +11,14 @@ import matplotlib.pyplot as plt
 import torch
 
 from utils.widgets.display import (
+    CannotShow,
     cap_text,
     clean_text,
     figure_to_png,
     guarded,
     message_html,
+    picture_image,
+    scrolling,
     watch,
     widget_box,
 )
@@ -62,27 +65,29 @@ def embedding_heatmap(vectors: WordVectors, words: str = DEFAULT_WORDS,
     Text of space-separated words, "dims": how many dimensions to show); the figure is
     `box.image`, messages (unknown words, empty input, text cut to MAX_CHARS characters) go
     to `box.message`. Words are read as the corpus was (lowercase, punctuation dropped), and
-    each is shown once."""
+    each is shown once (as ASCII words, which the plotting font always has). With no known
+    word the heatmap is replaced by a grey placeholder: the old words' stripes would sit under
+    a box that no longer names them."""
     text = widgets.Text(value=words, description="words", continuous_update=False,
                         layout=widgets.Layout(width="60%"))
     dims = widgets.IntSlider(value=min(n_dims, vectors.vectors.shape[1]), min=2,
                              max=vectors.vectors.shape[1], description="dimensions",
                              continuous_update=False)
-    image = widgets.Image(format="png")
+    image = picture_image()  # at its own size, not stretched to the output
     message = widgets.HTML()
 
-    @guarded(message, "these words")
+    @guarded(message, "these words", picture=image)
     def redraw(_change=None) -> None:
         typed, warning = cap_text(clean_text(text.value), MAX_CHARS, "text")
         asked = split_words(typed)
         known = [w for w in asked if w in vectors][:MAX_WORDS]
         unknown = [w for w in asked if w not in vectors]
         if not known:
-            message.value = warning + message_html(
+            cut = f" Only the first {MAX_CHARS:,} characters were read." if warning else ""
+            raise CannotShow(
                 f"type some words from the corpus, e.g. '{DEFAULT_WORDS}'" + (
-                    f" ({', '.join(unknown)} not in the vocabulary)" if unknown else ""),
-                "warning")
-            return
+                    f" ({', '.join(unknown[:10])} not in the vocabulary)" if unknown else "")
+                + cut, "warning")
         rows = torch.stack([vectors.vector(w) for w in known])
         image.value = draw_heatmap(known, rows, dims.value)
         notes = [f"{len(known)} words x {dims.value} dimensions"]
@@ -94,5 +99,5 @@ def embedding_heatmap(vectors: WordVectors, words: str = DEFAULT_WORDS,
 
     controls = {"words": text, "dims": dims}
     watch(controls, redraw)
-    return widget_box([widgets.HBox([text, dims]), image, message], controls, image=image,
+    return widget_box([widgets.HBox([text, dims]), scrolling(image), message], controls, image=image,
                       message=message)
