@@ -19,7 +19,15 @@ from utils.embeddings import (
     pair_frequencies,
     sinusoidal_positions,
 )
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
 
 KINDS = ("sinusoidal", "RoPE", "ALiBi")
 
@@ -95,17 +103,19 @@ def positional_explorer(T: int = 64, d_model: int = 32, n_heads: int = 8) -> wid
     """Build the explorer. Controls are in `box.controls` ("kind", "position", "dim"); the
     figure is `box.image` (PNG bytes in `.value`), the caption `box.message` (HTML).
 
-    For ALiBi the "dim" slider picks the head, since ALiBi has no dimensions to show.
+    For ALiBi the "dim" slider picks the head, since ALiBi has no dimensions to show. The
+    figure is shown at its own size; if a setting cannot be drawn, the message says why and
+    the figure is replaced by a grey placeholder.
     """
     kind = widgets.Dropdown(options=KINDS, value="sinusoidal", description="encoding")
     position = widgets.IntSlider(value=T // 4, min=0, max=T - 1, description="position",
                                  continuous_update=False)
     dim = widgets.IntSlider(value=0, min=0, max=d_model - 1, description="dimension",
                             continuous_update=False)
-    image = widgets.Image(format="png")
+    image = picture_image()
     message = widgets.HTML()
 
-    @guarded(message, "this setting")
+    @guarded(message, "this setting", picture=image)
     def redraw(_change=None) -> None:
         # slider ranges follow the kind: heads for ALiBi, dimensions otherwise
         dim.max = n_heads - 1 if kind.value == "ALiBi" else d_model - 1
@@ -129,5 +139,5 @@ def positional_explorer(T: int = 64, d_model: int = 32, n_heads: int = 8) -> wid
 
     controls = {"kind": kind, "position": position, "dim": dim}
     watch(controls, redraw)
-    return widget_box([widgets.HBox([kind, position, dim]), image, message], controls,
+    return widget_box([widgets.HBox([kind, position, dim]), scrolling(image), message], controls,
                       image=image, message=message)
