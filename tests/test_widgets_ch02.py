@@ -6,6 +6,7 @@ import torch
 
 from utils.widgets import positional_explorer as positional_module
 from utils.widgets.analogy_explorer import MAX_WORD, analogy_explorer, is_answer_word
+from utils.widgets.display import has_glyph, placeholder_png
 from utils.widgets.embedding_heatmap import MAX_CHARS, embedding_heatmap
 from utils.widgets.positional_explorer import _alibi, positional_explorer
 from utils.word_vectors import WordVectors
@@ -94,12 +95,28 @@ def test_heatmap_unknown_and_empty_input_give_messages(vectors):
     w = embedding_heatmap(vectors, words="king")
     w.controls["words"].value = "king zebra"
     assert "zebra" in w.message.value and "not in" in w.message.value
-    shown = w.image.value
     w.controls["words"].value = "   "
     assert "type some words" in w.message.value
-    assert w.image.value == shown  # the last good picture stays
+    assert w.image.value == placeholder_png()  # no stripes of words no longer in the box
+    w.controls["dims"].value = 4                # still nothing to draw
+    assert w.image.value == placeholder_png()
     w.controls["words"].value = "unicorn"
-    assert "unicorn" in w.message.value
+    assert "unicorn" in w.message.value and w.image.value == placeholder_png()
+    w.controls["words"].value = "queen"
+    assert bytes(w.image.value).startswith(PNG) and w.image.value != placeholder_png()
+
+
+def test_heatmap_long_unknown_text_says_it_was_cut_and_greys_the_picture(vectors):
+    w = embedding_heatmap(vectors, words="king")
+    w.controls["words"].value = "zebra " * 1000
+    assert f"first {MAX_CHARS:,} characters" in w.message.value and "zebra" in w.message.value
+    assert w.image.value == placeholder_png()
+
+
+def test_chapter_02_pictures_are_shown_at_their_own_size(vectors):
+    for w in (embedding_heatmap(vectors), analogy_explorer(vectors), positional_explorer()):
+        assert w.image.layout.max_width == "none" and w.image.layout.width is None
+        assert any(getattr(child, "children", ()) == (w.image,) for child in w.children)
 
 
 # ---- analogy explorer -----------------------------------------------------------------------
@@ -154,6 +171,9 @@ def test_positional_explorer_failure_is_a_message(monkeypatch):
     monkeypatch.setattr(positional_module, "_rope", broken)
     w.controls["kind"].value = "RoPE"  # must not raise
     assert "Could not show" in w.message.value and "bad angle" in w.message.value
+    assert w.image.value == placeholder_png()  # not the sinusoidal table under "RoPE"
+    w.controls["kind"].value = "ALiBi"
+    assert "slope" in w.message.value and w.image.value != placeholder_png()
 
 
 def test_heatmap_reads_words_like_the_corpus_and_lists_unknowns_once(vectors):
@@ -186,3 +206,33 @@ def test_analogy_explorer_drops_stray_single_letters(vectors):
     assert vectors.analogy("man", "woman", "king", k=1)[0][0] == "p"  # the plant works
     w = analogy_explorer(vectors, a="man", b="woman", c="king", k=3)
     assert "king : queen" in w.message.value
+
+
+def test_analogy_explorer_greys_what_it_cannot_answer(vectors):
+    w = analogy_explorer(vectors, k=3)
+    w.controls["word"].value = "zebra"           # one panel left: drawn, the other greyed
+    assert "zebra" in w.message.value and w.image.value != placeholder_png()
+    w.controls["b"].value = ""                   # neither panel has an answer: no old bars
+    assert "each of a, b and c" in w.message.value and "zebra" in w.message.value
+    assert w.image.value == placeholder_png()
+    w.controls["k"].value = 5                    # still nothing to draw
+    assert w.image.value == placeholder_png()
+    w.controls["c"].value = "y" * 100            # the cut is said even without a picture
+    assert f"only the first {MAX_WORD}" in w.message.value
+    w.controls["word"].value = "king"
+    assert w.image.value != placeholder_png() and "nearest" not in w.message.value
+
+
+def test_analogy_explorer_names_characters_the_font_lacks(vectors, monkeypatch):
+    from utils.widgets import analogy_explorer as analogy_module
+
+    titles = []
+    real = analogy_module._bars
+    monkeypatch.setattr(analogy_module, "_bars",
+                        lambda ax, results, title: (titles.append(title), real(ax, results, title)))
+    w = analogy_explorer(vectors, word="猫🙂", k=3)
+    message = w.message.value
+    for ch in "猫🙂":
+        if not has_glyph(ch):                    # no CJK/emoji font on this machine
+            assert f"U+{ord(ch):04X}" in message
+    assert all(has_glyph(ch) for title in titles for ch in title if not ch.isspace())
