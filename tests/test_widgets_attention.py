@@ -17,6 +17,7 @@ from utils.widgets.attention_explorer import (
     TrainedModel,
     attention_explorer,
 )
+from utils.widgets.display import placeholder_png
 from utils.widgets.softmax_scaling import D_KS, softmax_gradient_norm, softmax_scaling
 
 
@@ -67,6 +68,16 @@ def test_softmax_scaling_failure_is_a_message(monkeypatch):
     monkeypatch.setattr(softmax_module, "draw", broken)
     w.controls["d_k"].value = 256  # must not raise
     assert "Could not show" in w.message.value and "something inside broke" in w.message.value
+    assert w.image.value == placeholder_png()  # not the d_k = 64 picture under "256"
+    monkeypatch.undo()
+    w.controls["d_k"].value = D_KS[-1]         # the slider's end still draws
+    assert "d_k = 4096" in w.message.value and w.image.value != placeholder_png()
+
+
+def test_softmax_scaling_picture_is_shown_at_its_own_size():
+    w = softmax_scaling()
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None
+    assert w.children[1].children == (w.image,)
 
 
 # ---- attention explorer ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import html
 
 from utils.widgets import rate_temperature as module
+from utils.widgets.display import placeholder_png
 from utils.widgets.rate_temperature import rate_temperature, weights_at
 
 
@@ -27,3 +28,13 @@ def test_failure_is_a_message(monkeypatch):
     monkeypatch.setattr(module, "draw", lambda c: (_ for _ in ()).throw(RuntimeError("broke")))
     w.controls["c"].value = 2.0
     assert "Could not show" in w.message.value and "broke" in w.message.value
+    assert w.image.value == placeholder_png()     # not the bars of c = 1 under c = 2
+    monkeypatch.undo()
+    w.controls["c"].value = 6.0                   # the slider's end still draws
+    assert "c = 6.00" in w.message.value and w.image.value != placeholder_png()
+
+
+def test_picture_is_shown_at_its_own_size():
+    w = rate_temperature(verdict=False)
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None
+    assert w.children[-2].children == (w.image,)

@@ -15,7 +15,15 @@ import matplotlib.pyplot as plt
 import torch
 
 from utils.checks.ch03 import PAGE_TOLERANCE, PAGE_WEIGHTS, RATE_SCORES, RATE_TOKENS
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
 
 
 def weights_at(c: float) -> torch.Tensor:
@@ -64,6 +72,7 @@ def rate_temperature(c: float = 1.0, verdict: bool = True) -> widgets.VBox:
     """Build the widget. Control: `w.controls["c"]` (FloatSlider, 0.25 to 6); outputs `w.image`
     (PNG) and `w.message` (HTML). `verdict=False` leaves out the largest gap and the message
     saying when every bar is within 0.02 of its star (the chapter uses it before exercise 4).
+    A value that cannot be drawn shows why and greys the picture.
 
     >>> w = rate_temperature()
     >>> before = w.image.value
@@ -74,12 +83,12 @@ def rate_temperature(c: float = 1.0, verdict: bool = True) -> widgets.VBox:
     slider = widgets.FloatSlider(value=c, min=0.25, max=6.0, step=0.05, description="c",
                                  continuous_update=False, readout_format=".2f",
                                  layout=widgets.Layout(width="480px"))
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()   # the picture at its own size
 
-    @guarded(message, "this value of c")
+    @guarded(message, "this value of c", picture=image)
     def update(_=None) -> None:
         image.value, message.value = draw(slider.value) if verdict else draw(slider.value, verdict=False)
 
     controls = {"c": slider}
     watch(controls, update)
-    return widget_box([slider, image, message], controls, image=image, message=message)
+    return widget_box([slider, scrolling(image), message], controls, image=image, message=message)

@@ -20,6 +20,8 @@ from utils.widgets.display import (
     guarded,
     message_html,
     one_thread,
+    picture_image,
+    scrolling,
     watch,
     widget_box,
 )
@@ -102,7 +104,7 @@ def draw(d_k: int, scaled: bool) -> tuple[bytes, str]:
 def softmax_scaling(d_k: int = 64, scaled: bool = True) -> widgets.VBox:
     """Build the widget. Controls: `w.controls["d_k"]` (a SelectionSlider over powers of two,
     1 to 4096) and `w.controls["scaled"]` (a Checkbox); outputs: `w.image` (PNG) and
-    `w.message` (HTML).
+    `w.message` (HTML). A setting that cannot be drawn shows why and greys the picture.
 
     >>> w = softmax_scaling()
     >>> before = w.image.value
@@ -114,14 +116,14 @@ def softmax_scaling(d_k: int = 64, scaled: bool = True) -> widgets.VBox:
                                      description="d_k", continuous_update=False,
                                      layout=widgets.Layout(width="420px"))
     checkbox = widgets.Checkbox(value=scaled, description="divide scores by √d_k")
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()   # the picture at its own size
 
-    @guarded(message, "this setting")
+    @guarded(message, "this setting", picture=image)
     def update(_=None) -> None:
         with one_thread():  # small tensors: a second thread only waits for a busy core
             image.value, message.value = draw(slider.value, checkbox.value)
 
     controls = {"d_k": slider, "scaled": checkbox}
     watch(controls, update)
-    return widget_box([widgets.HBox([slider, checkbox]), image, message], controls,
+    return widget_box([widgets.HBox([slider, checkbox]), scrolling(image), message], controls,
                       image=image, message=message)
