@@ -29,6 +29,17 @@ def small_lm(seed=0):
 DATA = torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(0))
 
 
+def uniform_heads(model):
+    """Zero every query and key weight: all scores are equal, so each head is uniform."""
+    with torch.no_grad():
+        for block in model.blocks:
+            d = block.attn.n_heads * block.attn.d_head
+            block.attn.qkv.weight[:2 * d] = 0
+            if block.attn.qkv.bias is not None:
+                block.attn.qkv.bias[:2 * d] = 0
+    return model
+
+
 @pytest.mark.parametrize("make", [small_gpt, small_lm])
 def test_attention_weights_one_causal_map_per_layer(make):
     model = make()
@@ -41,13 +52,7 @@ def test_attention_weights_one_causal_map_per_layer(make):
 def test_uniform_heads_give_the_exact_one_over_t_profile():
     # With zero query/key weights every score is equal, so query t puts 1/(t+1) on each of
     # the t+1 positions it sees; the profile at k is the mean of 1/(t+1) over t = k..T-1.
-    model = small_gpt()
-    with torch.no_grad():
-        for block in model.blocks:
-            d = block.attn.n_heads * block.attn.d_head
-            block.attn.qkv.weight[:2 * d] = 0
-            if block.attn.qkv.bias is not None:
-                block.attn.qkv.bias[:2 * d] = 0
+    model = uniform_heads(small_gpt())
     profile = distance_profile(model, DATA, max_distance=7, n_windows=4)
     T = 8
     expected = torch.tensor([sum(1 / (t + 1) for t in range(k, T)) / (T - k) for k in range(T)])
@@ -135,13 +140,7 @@ def test_landmarks_of_heads_built_to_look_at_one_landmark():
 
 
 def test_uniform_heads_score_the_uniform_baseline():
-    model = small_gpt()
-    with torch.no_grad():
-        for block in model.blocks:
-            d = block.attn.n_heads * block.attn.d_head
-            block.attn.qkv.weight[:2 * d] = 0
-            if block.attn.qkv.bias is not None:
-                block.attn.qkv.bias[:2 * d] = 0
+    model = uniform_heads(small_gpt())
     marks, uniform = word_landmarks(model, DATA, space_id=3, n_windows=8)
     for name, score in marks.items():
         assert score.shape == (2, 2)
