@@ -17,7 +17,7 @@ from utils.widgets.attention_explorer import (
     TrainedModel,
     attention_explorer,
 )
-from utils.widgets.display import placeholder_png
+from utils.widgets.display import has_glyph, placeholder_png
 from utils.widgets.softmax_scaling import D_KS, softmax_gradient_norm, softmax_scaling
 
 
@@ -137,6 +137,59 @@ def test_explorer_lone_surrogate_and_failures_are_messages(monkeypatch):
     assert "Could not show" in w.message.value and "something inside broke" in w.message.value
 
 
+def test_explorer_without_a_sentence_greys_the_picture_and_drops_the_buttons():
+    w = attention_explorer(EXAMPLES[0], model="toy")
+    w.controls["text"].value = "   "
+    assert "Type a sentence" in w.message.value and w.image.value == placeholder_png()
+    assert list(w.controls["query"].options) == []     # no buttons for the old sentence's words
+    w.controls["text"].value = "back to words"
+    assert len(w.controls["query"].options) == 3 and w.image.value != placeholder_png()
+    assert "attends" in w.message.value
+
+
+def test_explorer_dropdown_follows_the_typed_sentence():
+    w = attention_explorer(EXAMPLES[0], model="toy")
+    w.controls["text"].value = "my own sentence"
+    assert w.controls["example"].value == "(type your own)"  # no longer names EXAMPLES[0]
+    w.controls["text"].value = EXAMPLES[2]
+    assert w.controls["example"].value == EXAMPLES[2]
+    w.controls["example"].value = EXAMPLES[1]
+    assert w.controls["text"].value == EXAMPLES[1] and "'it' attends" in html.unescape(w.message.value)
+
+
+def figure_texts(monkeypatch) -> list[str]:
+    """Every piece of text the explorer's next figures draw (titles, labels, ticks)."""
+    import matplotlib.text
+
+    seen = []
+    real = explorer_module.figure_to_png
+
+    def spy(fig, *args, **kwargs):
+        fig.canvas.draw()
+        seen.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(explorer_module, "figure_to_png", spy)
+    return seen
+
+
+def test_explorer_draws_characters_the_font_lacks_as_named_boxes(monkeypatch):
+    drawn = figure_texts(monkeypatch)
+    w = attention_explorer("猫 sat on 🙂", model="toy")
+    message = html.unescape(w.message.value)
+    assert [label for label, _ in w.controls["query"].options] == ["猫", "sat", "on", "🙂"]
+    for ch in "猫🙂":
+        if not has_glyph(ch):                              # no CJK/emoji font on this machine
+            assert f"U+{ord(ch):04X}" in message
+    assert drawn and all(has_glyph(ch) for text in drawn for ch in text if not ch.isspace())
+
+
+def test_explorer_picture_is_shown_at_its_own_size():
+    w = attention_explorer(model="toy")
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None
+    assert w.children[-2].children == (w.image,)
+
+
 @pytest.fixture(scope="module")
 def trained_explorer():
     return attention_explorer()
@@ -183,6 +236,9 @@ def test_trained_explorer_unknown_characters_and_long_text_are_messages(trained_
     w = trained_explorer
     w.controls["text"].value = "naïve café"
     assert "only knows the 76 characters" in w.message.value and "ï" in w.message.value
+    assert w.image.value == placeholder_png() and list(w.controls["query"].options) == []
+    w.controls["head"].value = 1 if w.controls["head"].value != 1 else 2  # still no sentence
+    assert w.image.value == placeholder_png() and "76 characters" in w.message.value
     w.controls["text"].value = "word " * 30
     assert len(w.controls["query"].options) == MAX_CHARACTERS and f"first {MAX_CHARACTERS}" in w.message.value
     w.controls["text"].value = "To be"

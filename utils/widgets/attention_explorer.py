@@ -30,11 +30,16 @@ from matplotlib.patches import Arc
 
 from utils.attention import AttentionHead, split_heads
 from utils.widgets.display import (
+    CannotShow,
     cap_text,
     clean_text,
     figure_to_png,
+    glyph_safe,
     guarded,
     message_html,
+    missing_glyphs_note,
+    picture_image,
+    scrolling,
     widget_box,
 )
 
@@ -74,6 +79,12 @@ def short(token: str, limit: int = MAX_LABEL) -> str:
     if token == " ":
         return "␣"
     return token if len(token) <= limit else token[:limit - 1] + "…"
+
+
+def label(token: str, limit: int = MAX_LABEL) -> str:
+    """`short(token)` as the figure draws it: a character the plotting font lacks (a CJK
+    character, an emoji) becomes a visible □, which the message names."""
+    return glyph_safe(short(token, limit))[0]
 
 
 class ToyModel:
@@ -156,17 +167,17 @@ def draw(tokens: list[str], query: int, model) -> bytes:
         arcs.add_patch(Arc((centre, 0), width, 0.6 * width, theta1=0, theta2=180,
                            lw=0.5 + 12 * wj, color="tab:red", alpha=0.3 + 0.7 * wj))
     for j, token in enumerate(tokens):
-        arcs.text(j, -0.15, short(token), ha="center", va="top", rotation=30,
+        arcs.text(j, -0.15, label(token), ha="center", va="top", rotation=30,
                   fontweight="bold" if j == query else "normal",
                   color="tab:red" if j == query else "black")
     arcs.set_xlim(-0.7, T - 0.3)
     arcs.set_ylim(-1.0, 0.3 * max(query, T - 1 - query, 1) + 0.4)
     arcs.axis("off")
     where = "" if isinstance(model, ToyModel) else f"layer {model.layer}, head {model.head}: "
-    arcs.set_title(f"{where}query = {short(tokens[query])!r} (position {query}): "
+    arcs.set_title(f"{where}query = {label(tokens[query])!r} (position {query}): "
                    "arc thickness = attention weight")
     bars.bar(range(T), w, color=["tab:red" if j == query else "tab:blue" for j in range(T)])
-    bars.set_xticks(range(T), [short(t) for t in tokens], rotation=30)
+    bars.set_xticks(range(T), [label(t) for t in tokens], rotation=30)
     bars.set_ylim(0, 1)
     bars.set_xlabel("key token")
     bars.set_ylabel("weight")
@@ -176,8 +187,8 @@ def draw(tokens: list[str], query: int, model) -> bytes:
     image = blend.imshow(grid.T, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     fig.colorbar(image, ax=blend, label="feature value (red +, blue −)")
     blend.axvline(T - 0.5, color="black", lw=2)
-    labels = [f"v({short(t, 8)})" for t in tokens] if isinstance(model, ToyModel) else \
-        [short(t) for t in tokens]
+    labels = [f"v({label(t, 8)})" for t in tokens] if isinstance(model, ToyModel) else \
+        [label(t) for t in tokens]
     blend.set_xticks(range(T + 1), labels + ["output"], rotation=30)
     blend.set_ylabel("feature")
     blend.set_title("value vectors (columns) and the output = Σ weight × value")
@@ -195,7 +206,10 @@ def attention_explorer(text: str | None = None, query: int | None = None,
     for the trained model `w.controls["layer"]` and `w.controls["head"]` (Dropdowns); outputs
     `w.image` (PNG) and `w.message` (HTML). Typed text is cut to MAX_CHARS characters, then to
     MAX_TOKENS words (toy) or MAX_CHARACTERS characters (trained), and the message says so;
-    characters the trained model does not know are a message, not an error.
+    characters the trained model does not know are a message, not an error. While the text
+    cannot be shown (empty, unknown characters) the picture is a grey placeholder and there
+    are no query buttons; the picture is shown at its own size, a character the plotting font
+    lacks drawn as □ and named in the message.
 
     >>> w = attention_explorer("The merchant chargeback rate is high", model="toy")
     >>> before = w.image.value
@@ -221,10 +235,18 @@ def attention_explorer(text: str | None = None, query: int | None = None,
                              description="layer", layout=widgets.Layout(width="160px"))
     head = widgets.Dropdown(options=list(range(getattr(net, "n_head", 1))), value=0,
                             description="head", layout=widgets.Layout(width="160px"))
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()   # the picture at its own size
     state = {"tokens": [], "note": ""}
 
-    @guarded(message, "this query")
+    def forget_sentence() -> None:
+        """No sentence to show: no query buttons of the old one (the guard greys the picture)."""
+        state["tokens"], state["note"], state["busy"] = [], "", True
+        try:
+            buttons.options = []
+        finally:
+            state["busy"] = False
+
+    @guarded(message, "this query", picture=image)
     def redraw(_=None) -> None:
         tokens = state["tokens"]
         if state.get("busy") or not tokens or buttons.value is None:
@@ -239,24 +261,28 @@ def attention_explorer(text: str | None = None, query: int | None = None,
         what = (f"Layer {net.layer}, head {net.head} of the trained model (causal: a character "
                 "sees only itself and the characters before it)." if model == "trained"
                 else "(Untrained head: the mechanics, not meaning.)")
+        missing = list(dict.fromkeys(ch for t in tokens for ch in glyph_safe(short(t))[1]))
+        glyphs = message_html(missing_glyphs_note(missing), "info") if missing else ""
         message.value = state["note"] + message_html(
             f"{len(tokens)} {unit}; {short(tokens[buttons.value])!r} attends most to {ranking}. "
-            + what)
+            + what) + glyphs
 
-    @guarded(message, "this sentence")
+    @guarded(message, "this sentence", picture=image)
     def set_text(_=None) -> None:
+        if example.value != box_text.value:  # the dropdown names the sentence shown, or none
+            example.value = box_text.value if box_text.value in examples else "(type your own)"
         typed, note = cap_text(clean_text(box_text.value), MAX_CHARS, "sentence")
         if model == "trained":
             typed = typed.replace("\n", " ")
         try:
             tokens = net.split(typed) if typed.strip() else []
         except ValueError as error:
-            message.value = message_html(f"{error}. Type letters, digits, spaces and ordinary "
-                                         "punctuation.", "warning")
-            return
+            forget_sentence()
+            raise CannotShow(f"{error}. Type letters, digits, spaces and ordinary "
+                             "punctuation.") from None
         if not tokens:
-            message.value = message_html("Type a sentence (at least one word).", "warning")
-            return
+            forget_sentence()
+            raise CannotShow("Type a sentence (at least one word).")
         if len(tokens) > limit:
             tokens = tokens[:limit]
             note += message_html(f"Only the first {limit} {unit} are shown. Shorten the "
@@ -273,7 +299,7 @@ def attention_explorer(text: str | None = None, query: int | None = None,
             state["busy"] = False
         redraw()
 
-    @guarded(message, "this example")
+    @guarded(message, "this example", picture=image)
     def pick_example(change) -> None:
         if change["new"] in examples:
             box_text.value = change["new"]
@@ -289,4 +315,5 @@ def attention_explorer(text: str | None = None, query: int | None = None,
     if model == "trained":
         controls.update(layer=layer, head=head)
         rows.append(widgets.HBox([layer, head]))
-    return widget_box(rows + [buttons, image, message], controls, image=image, message=message)
+    return widget_box(rows + [buttons, scrolling(image), message], controls, image=image,
+                      message=message)
