@@ -16,12 +16,16 @@ import torch
 from utils.attention_lm import AttentionLM, attention_maps
 from utils.tokenizers import CharTokenizer
 from utils.widgets.display import (
+    CannotShow,
     cap_text,
     clean_text,
     figure_to_png,
+    glyph_safe,
     guarded,
     message_html,
     one_thread,
+    picture_image,
+    scrolling,
     watch,
     widget_box,
 )
@@ -34,7 +38,9 @@ DEFAULT_TEXT = "ROMEO: But soft, what light through"
 
 
 def _label(ch: str) -> str:
-    return {" ": "␣", "\n": "⏎"}.get(ch, ch)
+    """A character as a tick label: a space as ␣, a newline as ⏎, and a character the plotting
+    font lacks as □ (the model's alphabet is the corpus's, which the font has)."""
+    return glyph_safe({" ": "␣", "\n": "⏎"}.get(ch, ch))[0] or "□"
 
 
 def draw(maps: list[torch.Tensor], text: str, layer: int, heads: list[int]) -> bytes:
@@ -83,7 +89,9 @@ def head_viewer(model: AttentionLM, tokenizer: CharTokenizer, text: str = DEFAUL
     Controls: `w.controls["text"]` (Text), `w.controls["layer"]` (Dropdown of layer numbers)
     and `w.controls["heads"]` (a list of ToggleButtons, one per head, all on at the start);
     outputs `w.image` (PNG) and `w.message` (HTML). Text is cut to the model's context (at
-    most MAX_CHARS characters), and the message says so.
+    most MAX_CHARS characters), and the message says so. Empty text, characters outside the
+    model's alphabet or every head switched off show a message and a grey placeholder in
+    place of the picture; the picture is shown at its own size.
 
     >>> from utils.attention_lm import LMConfig
     >>> tok = CharTokenizer("abc ")
@@ -104,28 +112,27 @@ def head_viewer(model: AttentionLM, tokenizer: CharTokenizer, text: str = DEFAUL
                                     style={"text_color": HEAD_COLOURS[h % len(HEAD_COLOURS)],
                                            "font_weight": "bold"})
                for h in range(n_heads)]
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()   # the picture at its own size
     cache: dict[str, list[torch.Tensor]] = {}
 
-    @guarded(message, "this text")
+    @guarded(message, "this text", picture=image)
     def update(_=None) -> None:
         for h, t in enumerate(toggles):  # a switched-off head fades, as in BertViz
             t.style.text_color = HEAD_COLOURS[h % len(HEAD_COLOURS)] if t.value else OFF_COLOUR
-        shown, note = cap_text(clean_text(box_text.value), limit, "text")
+        typed = clean_text(box_text.value)
+        shown, note = cap_text(typed, limit, "text")
+        cut = (f" (The text has {len(typed):,} characters; only the first {limit} are read.)"
+               if note else "")
         if not shown:
-            message.value = message_html("Type some text (a few words).", "warning")
-            return
+            raise CannotShow("Type some text (a few words).")
         unknown = sorted({c for c in shown if c not in tokenizer.stoi})
         if unknown:
-            message.value = note + message_html(
-                f"Not in the model's alphabet: {' '.join(repr(c) for c in unknown)}. Use "
-                "characters that occur in the corpus.", "warning")
-            return
+            named = " ".join(repr(c) for c in unknown[:12]) + (" ..." if len(unknown) > 12 else "")
+            raise CannotShow(f"Not in the model's alphabet: {named}. Use characters that occur "
+                             f"in the corpus.{cut}")
         heads = [h for h, t in enumerate(toggles) if t.value]
         if not heads:
-            message.value = message_html("All heads are off: click a head to show it.",
-                                         "warning")
-            return
+            raise CannotShow(f"All heads are off: click a head to show it.{cut}")
         if shown not in cache:
             with one_thread():  # one short text: a second thread only waits for a busy core
                 cache[shown] = attention_maps(model, tokenizer, shown)
@@ -146,5 +153,5 @@ def head_viewer(model: AttentionLM, tokenizer: CharTokenizer, text: str = DEFAUL
 
     controls = {"text": box_text, "layer": layer_pick, "heads": toggles}
     watch(controls, update)
-    return widget_box([widgets.HBox([box_text, layer_pick]), widgets.HBox(toggles), image,
-                       message], controls, image=image, message=message)
+    return widget_box([widgets.HBox([box_text, layer_pick]), widgets.HBox(toggles),
+                       scrolling(image), message], controls, image=image, message=message)
