@@ -353,6 +353,32 @@ def test_head_viewer_pathological_text_and_failures_are_messages(tiny_model, mon
     assert "Could not show" in w.message.value and "something inside broke" in w.message.value
 
 
+def test_head_viewer_greys_the_picture_whenever_it_refuses(tiny_model):
+    from utils.widgets.head_viewer import head_viewer
+
+    w = head_viewer(*tiny_model, text="abc")
+    for toggle in w.controls["heads"]:
+        toggle.value = False
+    assert "All heads are off" in w.message.value and w.image.value == placeholder_png()
+    w.controls["layer"].value = 1                      # still nothing to draw
+    assert w.image.value == placeholder_png()
+    w.controls["heads"][1].value = True
+    assert "Layer 1" in w.message.value and w.image.value != placeholder_png()
+    for text, says in (("ABC!", "alphabet"), ("", "Type some text"), ("猫 🙂", "alphabet")):
+        w.controls["text"].value = text
+        assert says in w.message.value and w.image.value == placeholder_png(), text
+    w.controls["text"].value = "Q" * 60                # cut and refused: both are said
+    assert "alphabet" in w.message.value and "only the first 32" in w.message.value
+
+
+def test_head_viewer_picture_is_shown_at_its_own_size(tiny_model):
+    from utils.widgets.head_viewer import head_viewer
+
+    w = head_viewer(*tiny_model, text="abc")
+    assert w.image.layout.max_width == "none" and w.image.layout.width is None
+    assert w.children[-2].children == (w.image,)
+
+
 # ---- heads vs width cost (chapter 04) ----------------------------------------------------
 
 
@@ -375,11 +401,17 @@ def test_head_cost_impossible_combinations_are_messages():
     w = head_cost()
     w.controls["n_heads"].value = 12
     assert "cannot be split" in w.message.value
+    assert w.image.value == placeholder_png()        # not the 8-head bars under "12 heads"
+    w.controls["T"].value = 64                        # still impossible: still no bars
+    assert w.image.value == placeholder_png()
     w.controls["n_heads"].value = 8
+    assert "T=64" in w.message.value and w.image.value != placeholder_png()
     w.controls["n_kv_heads"].value = 16
-    assert "must divide" in w.message.value
+    assert "must divide" in w.message.value and w.image.value == placeholder_png()
     w.controls["n_kv_heads"].value = 1
     assert "MQA" not in w.message.value and "12%" in w.message.value
+    assert w.image.value != placeholder_png()
+    assert w.image.layout.max_width == "none" and w.children[-2].children == (w.image,)
 
 
 def test_head_cost_failure_is_a_message(monkeypatch):
@@ -389,6 +421,7 @@ def test_head_cost_failure_is_a_message(monkeypatch):
     monkeypatch.setattr(head_cost_module, "attention_cost", broken)
     w.controls["T"].value = 2048  # must not raise
     assert "Could not show" in w.message.value and "something inside broke" in w.message.value
+    assert w.image.value == placeholder_png()
 
 
 # ---- the "rate" slider as chapter 03 shows it, before exercise 4 --------------------------

@@ -12,7 +12,16 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from utils.attention import attention_cost
-from utils.widgets.display import figure_to_png, guarded, message_html, watch, widget_box
+from utils.widgets.display import (
+    CannotShow,
+    figure_to_png,
+    guarded,
+    message_html,
+    picture_image,
+    scrolling,
+    watch,
+    widget_box,
+)
 
 D_MODELS = [64, 128, 256, 512, 768, 1024, 2048, 4096]
 SEQ_LENS = [2**i for i in range(4, 16)]  # 16 ... 32768
@@ -73,7 +82,8 @@ def head_cost(d_model: int = 512, n_heads: int = 8, n_kv_heads: int = 8,
     """Build the calculator. Controls: `w.controls["d_model"]`, `w.controls["n_heads"]`,
     `w.controls["n_kv_heads"]` (Dropdowns) and `w.controls["T"]` (SelectionSlider);
     outputs `w.image` (PNG) and `w.message` (HTML). Impossible combinations (d_model not
-    divisible by the heads, heads not divisible by kv heads) show a message.
+    divisible by the heads, heads not divisible by kv heads) show a message and a grey
+    placeholder in place of the picture, which is shown at its own size.
 
     >>> w = head_cost()
     >>> before = w.image.value
@@ -88,22 +98,20 @@ def head_cost(d_model: int = 512, n_heads: int = 8, n_kv_heads: int = 8,
                                description="n_kv_heads")
     t_pick = widgets.SelectionSlider(options=SEQ_LENS, value=T, description="T",
                                      continuous_update=False)
-    image, message = widgets.Image(format="png"), widgets.HTML()
+    image, message = picture_image(), widgets.HTML()   # the picture at its own size
 
-    @guarded(message, "this configuration")
+    @guarded(message, "this configuration", picture=image)
     def update(_=None) -> None:
         d, h, kv, t = d_pick.value, h_pick.value, kv_pick.value, t_pick.value
         if d % h:
-            message.value = message_html(f"d_model = {d} cannot be split into {h} equal heads; "
-                                         "pick a head count that divides it.", "error")
-            return
+            raise CannotShow(f"d_model = {d} cannot be split into {h} equal heads; pick a head "
+                             "count that divides it.", "error")
         if h % kv or kv > h:
-            message.value = message_html(f"{h} query heads cannot share {kv} key/value heads "
-                                         "evenly; n_kv_heads must divide n_heads.", "error")
-            return
+            raise CannotShow(f"{h} query heads cannot share {kv} key/value heads evenly; "
+                             "n_kv_heads must divide n_heads.", "error")
         image.value, message.value = draw(d, h, kv, t)
 
     controls = {"d_model": d_pick, "n_heads": h_pick, "n_kv_heads": kv_pick, "T": t_pick}
     watch(controls, update)
-    return widget_box([widgets.HBox([d_pick, h_pick, kv_pick]), t_pick, image, message],
+    return widget_box([widgets.HBox([d_pick, h_pick, kv_pick]), t_pick, scrolling(image), message],
                       controls, image=image, message=message)
