@@ -142,8 +142,10 @@ def test_explorer_without_a_sentence_greys_the_picture_and_drops_the_buttons():
     w.controls["text"].value = "   "
     assert "Type a sentence" in w.message.value and w.image.value == placeholder_png()
     assert list(w.controls["query"].options) == []     # no buttons for the old sentence's words
+    assert w.controls["query"].layout.display == "none"  # the browser would keep its old ones
     w.controls["text"].value = "back to words"
     assert len(w.controls["query"].options) == 3 and w.image.value != placeholder_png()
+    assert w.controls["query"].layout.display is None
     assert "attends" in w.message.value
 
 

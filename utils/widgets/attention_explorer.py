@@ -239,10 +239,13 @@ def attention_explorer(text: str | None = None, query: int | None = None,
     state = {"tokens": [], "note": ""}
 
     def forget_sentence() -> None:
-        """No sentence to show: no query buttons of the old one (the guard greys the picture)."""
+        """No sentence to show: no query buttons of the old one (the guard greys the picture).
+        The row is also hidden: the browser's ToggleButtons keeps its old buttons when the
+        options become empty (it only redraws for a non-empty list)."""
         state["tokens"], state["note"], state["busy"] = [], "", True
         try:
             buttons.options = []
+            buttons.layout.display = "none"
         finally:
             state["busy"] = False
 
@@ -295,6 +298,7 @@ def attention_explorer(text: str | None = None, query: int | None = None,
         try:
             buttons.options = [(short(t), j) for j, t in enumerate(tokens)]
             buttons.value = wanted
+            buttons.layout.display = None
         finally:
             state["busy"] = False
         redraw()
