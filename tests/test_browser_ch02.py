@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.browser import image_widths
+
 SETUP = ("from utils.widgets.positional_explorer import positional_explorer\n"
          "from utils.widgets.display import show\n"
          "show(positional_explorer())")
@@ -25,3 +27,6 @@ def test_positional_explorer_in_browser(lab):
         " return img && img.src && img.src !== before; }", arg=before, timeout=60_000)
     assert _image_src(page) != before
     page.get_by_text("rotated by").first.wait_for(timeout=30_000)  # the caption followed
+    widget = page.locator(".jupyter-widgets.widget-vbox").filter(has_text="encoding").first
+    natural, shown = image_widths(widget)
+    assert shown == natural, (natural, shown)                 # not stretched to the output

@@ -3,6 +3,8 @@ the picture and message of the widget must change; then the scaling checkbox is 
 
 import pytest
 
+from tests.browser import image_widths
+
 CELLS = [
     "from utils.widgets.display import show\n"
     "from utils.widgets.softmax_scaling import softmax_scaling\n"
@@ -36,6 +38,8 @@ def test_softmax_scaling_slider_moves_in_browser(lab):
                            arg=message.element_handle(), timeout=30_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), scaled_src], timeout=30_000)
+    natural, shown = image_widths(widget)
+    assert shown == natural, (natural, shown)                 # not stretched to the output
 
 
 CELLS_TRAINED = [
@@ -63,6 +67,30 @@ def test_trained_explorer_and_rate_slider_respond_in_browser(lab):
                            arg=message.element_handle(), timeout=60_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[image.element_handle(), before], timeout=30_000)
+    natural, shown = image_widths(explorer)
+    assert shown == natural, (natural, shown)
+
+    # Characters the model never saw: the message says so, the arcs give way to the grey
+    # placeholder (a narrower picture) and no query button of the old line is left.
+    head_src = image.get_attribute("src")
+    text_box = explorer.locator("input[type=text]").first
+    text_box.fill("naïve café")
+    text_box.press("Enter")
+    page.wait_for_function("el => el.innerText.includes('only knows the 76 characters')",
+                           arg=message.element_handle(), timeout=30_000)
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[image.element_handle(), head_src], timeout=30_000)
+    placeholder, _ = image_widths(explorer)
+    assert placeholder < natural / 2, (placeholder, natural)
+    assert not explorer.locator(".widget-toggle-buttons").first.is_visible()
+    assert explorer.locator("select").first.input_value() == "(type your own)"
+    text_box.fill("To be")                           # a line it knows: five buttons, a picture
+    text_box.press("Enter")
+    page.wait_for_function("el => el.innerText.includes('5 characters')",
+                           arg=message.element_handle(), timeout=30_000)
+    buttons = explorer.locator(".widget-toggle-buttons").first
+    assert buttons.is_visible() and buttons.locator("button").count() == 5
+    assert explorer.locator("select").first.input_value() == "(type your own)"
 
     slider = page.locator(".jupyter-widgets.widget-vbox").filter(has_text="c").last
     slider.scroll_into_view_if_needed()
