@@ -75,7 +75,11 @@ def test_positional_explorer_extreme_positions():
         w.controls["kind"].value = kind
         for p in (0, 31):
             w.controls["position"].value = p
-            assert "could not" not in w.message.value
+            assert "could not" not in w.message.value.lower()
+        for d in (w.controls["dim"].max, 0):              # the last dimension (or head), the first
+            w.controls["dim"].value = d
+            assert "could not" not in w.message.value.lower()
+            assert w.image.value != placeholder_png()
 
 
 # ---- embedding heatmap ----------------------------------------------------------------------
@@ -187,6 +191,9 @@ def test_heatmap_pathological_text_is_a_message(vectors):
     w = embedding_heatmap(vectors, words="king")
     w.controls["words"].value = SURROGATE + " queen"
     assert "queen" in w.message.value or "words x" in w.message.value
+    for n_dims in (w.controls["dims"].min, w.controls["dims"].max):   # the slider's ends
+        w.controls["dims"].value = n_dims
+        assert f"x {n_dims} dimensions" in w.message.value and w.image.value != placeholder_png()
     w.controls["words"].value = "king " * 5000
     assert f"first {MAX_CHARS:,}" in w.message.value and "1 words" in w.message.value
 

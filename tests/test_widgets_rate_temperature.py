@@ -30,8 +30,9 @@ def test_failure_is_a_message(monkeypatch):
     assert "Could not show" in w.message.value and "broke" in w.message.value
     assert w.image.value == placeholder_png()     # not the bars of c = 1 under c = 2
     monkeypatch.undo()
-    w.controls["c"].value = 6.0                   # the slider's end still draws
-    assert "c = 6.00" in w.message.value and w.image.value != placeholder_png()
+    for c in (6.0, 0.25):                         # the slider's ends still draw
+        w.controls["c"].value = c
+        assert f"c = {c:.2f}" in w.message.value and w.image.value != placeholder_png()
 
 
 def test_picture_is_shown_at_its_own_size():
