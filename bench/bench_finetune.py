@@ -22,7 +22,7 @@ Columns:
   by PyTorch itself. With --device cuda the measured peak (torch.cuda.max_memory_allocated
   during the steps) is printed as well;
 * s/step: median wall time of a training step after two warm-up steps;
-* val loss: `utils.train.split_loss` on the whole validation split of the sonnets after the
+* val loss: `utils.trainer.split_loss` on the whole validation split of the sonnets after the
   last step (before any training: the shipped model's loss, printed on the first line).
 """
 
@@ -38,12 +38,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.data import get_batch, load_corpus, train_val_split  # noqa: E402
-from utils.device import get_device  # noqa: E402
+from utils.device import (
+    get_device,  # noqa: E402
+    machine_description,  # noqa: E402
+)
 from utils.lora import apply_lora, count_trainable  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
 from utils.quantization import quantize_model_nf4  # noqa: E402
 from utils.timing import stopwatch  # noqa: E402
-from utils.train import machine_description, split_loss  # noqa: E402
+from utils.trainer import split_loss  # noqa: E402
 
 TARGETS = ("qkv", "proj", "up", "down")
 

@@ -31,7 +31,7 @@ reports its median (`utils.timing`): a busy spell of a shared machine then slows
    exploits; text that does not repeat itself gives it nothing to copy.
 3. Quantisation. The shipped model in float32 and with int8 weights
    (`utils.quantization.quantize_model_int8`): size in bytes, loss on the whole held-out
-   split (`utils.train.split_loss`) and greedy tokens/s with the cache.
+   split (`utils.trainer.split_loss`) and greedy tokens/s with the cache.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from utils.speculative import (  # noqa: E402
     speculative_generate,
 )
 from utils.timing import stopwatch, time_call  # noqa: E402
-from utils.train import split_loss  # noqa: E402
+from utils.trainer import split_loss  # noqa: E402
 
 
 def best_time(fn, repeats: int, device: torch.device) -> tuple[float, object]:

@@ -20,7 +20,7 @@ crashing the benchmark.
 
 Table 2, int8 weight-only quantisation (utils.quantization.quantize_model_int8) and, for
 comparison, NF4: bytes of the model, validation loss over the WHOLE held-out split
-(utils.train.split_loss: every token once) and the time of one forward pass on a batch.
+(utils.trainer.split_loss: every token once) and the time of one forward pass on a batch.
 
 On a CPU expect little or nothing from bf16 (few CPUs have bf16 matrix units, and autocast's
 casts cost time) and from int8 (the weight is converted back to float at every call): the
@@ -49,7 +49,7 @@ from utils.paths import run_dir  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
 from utils.quantization import model_size_bytes, quantize_model_int8, quantize_model_nf4  # noqa: E402
 from utils.timing import stopwatch  # noqa: E402
-from utils.train import split_loss  # noqa: E402
+from utils.trainer import split_loss  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

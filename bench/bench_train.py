@@ -9,7 +9,7 @@ course preset (`--ours`, default `shakespeare-char-fast`, the recipe for a few C
 the SAME wall time: short probes of both recipes, back to back, give the ratio of their seconds
 per step, and ours gets the baby run's step count times that ratio (so a change in the machine's
 load between the two runs does not shift the budget; the schedule is fitted to it). Both report
-the validation loss over the whole held-out split (`utils.train.split_loss`) and the wall time.
+the validation loss over the whole held-out split (`utils.trainer.split_loss`) and the wall time.
 Prints a markdown table. `--ours shakespeare-char` races the hour-long recipe of the shipped
 checkpoint instead.
 
@@ -24,10 +24,11 @@ import argparse
 import torch
 
 from utils.data import load_corpus, train_val_split
-from utils.device import get_device
+from utils.device import get_device, machine_description
 from utils.timing import stopwatch
 from utils.tokenizers import CharTokenizer
-from utils.train import build_model, machine_description, preset, split_loss, train
+from utils.train_config import preset
+from utils.trainer import build_model, split_loss, train
 
 
 def run(name: str, config, train_ids, val_ids, vocab_size: int, device) -> dict:

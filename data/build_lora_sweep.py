@@ -12,7 +12,7 @@ Every run starts from the shipped model (`load_pretrained("shakespeare-char")`),
 same seed, so the same batches of sonnet text in the same order, the same number of steps
 and the same learning rate; only the rank and the wrapped layers change. alpha = 2 × rank,
 so the scaling alpha / rank is 2 for every rank. Losses: "train" is the mean of the last ten
-training steps' losses; "val" is `utils.train.split_loss` on the whole validation split of
+training steps' losses; "val" is `utils.trainer.split_loss` on the whole validation split of
 the sonnets (their last 10 %, the last fifteen sonnets), which no run trains on.
 
 The scaling study (key "scaling_study", also written by `--scaling-only`, which keeps the rest
@@ -42,10 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from anywhere
 
 from utils.data import load_corpus, train_val_split  # noqa: E402
+from utils.device import machine_description  # noqa: E402
 from utils.lora import apply_lora, count_trainable, finetune, linear_layers, lora_layers, save_adapters  # noqa: E402
 from utils.paths import write_text_atomic  # noqa: E402
 from utils.pretrained import load_pretrained  # noqa: E402
-from utils.train import machine_description, split_loss  # noqa: E402
+from utils.trainer import split_loss  # noqa: E402
 
 RANKS = (1, 2, 4, 8, 16)
 # label shown in the widget -> the layers LoRA wraps in every block

@@ -52,7 +52,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         assert torch.allclose(rank0[name], tensor, atol=1e-5, rtol=0), (
             f"{name}: DDP and single process differ by {(rank0[name] - tensor).abs().max():.2e}")
     # and training did something (the comparison is not between two untouched models)
-    from utils.train import build_model, preset
+    from utils.train_config import preset
+    from utils.trainer import build_model
     untouched = build_model(preset("tiny"), vocab_size=reference["embed.token.weight"].shape[0])
     for name, tensor in untouched.state_dict().items():
         initial_moved |= not torch.allclose(tensor, reference[name])

@@ -18,7 +18,7 @@ from utils.pretrained import (
     save_pretrained,
 )
 from utils.tokenizers import CharTokenizer
-from utils.train import split_loss
+from utils.trainer import split_loss
 
 
 def readme_val_loss() -> float:

@@ -1,5 +1,5 @@
-"""The trainer (utils/train.py), tested on a tiny stand-in model with the same forward
-signature as the course's GPT, and end to end through `python -m utils.train`."""
+"""The trainer (utils/trainer.py; its command line utils/train.py), tested on a tiny stand-in
+model with the same forward signature as the course's GPT, and end to end through `python -m utils.train`."""
 
 import os
 import signal
@@ -12,21 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import utils.train as trainer
+import utils.checkpoints as checkpoints
+import utils.trainer as trainer
+from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.optim import lr_at
 from utils.paths import REPO_ROOT
-from utils.train import (
-    CheckpointError,
-    TrainConfig,
-    batch_for_step,
-    estimate_loss,
-    load_checkpoint,
-    parse_args,
-    preset,
-    save_checkpoint,
-    tf32_matmuls,
-    train,
-)
+from utils.train import parse_args
+from utils.train_config import TrainConfig, preset
+from utils.trainer import batch_for_step, estimate_loss, tf32_matmuls, train
 
 VOCAB = 12
 
@@ -249,7 +242,7 @@ def test_a_save_that_fails_midway_keeps_the_old_checkpoint_and_no_temporary_file
         f.write(b"PK\x03\x04 half a zip")        # the first bytes reach the disk, then...
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer.torch, "save", dies_halfway)
+    monkeypatch.setattr(checkpoints.torch, "save", dies_halfway)
     model, opt = StandIn(), torch.optim.AdamW(StandIn().parameters())
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(checkpoint, model, opt, 9, _config(), {"step": [1]})
@@ -337,14 +330,15 @@ def _command(out_dir, *extra):
 # steps 20 and 30): nothing gets a chance to clean up, as when a machine dies.
 KILLER = """
 import os, signal, sys
-import utils.train as T
-notify = T._notify
+import utils.train as command
+import utils.trainer as loop
+notify = loop._notify
 def notify_then_die(callbacks, event):
     notify(callbacks, event)
     if event["event"] == "train" and event["step"] == 25:
         os.kill(os.getpid(), signal.SIGKILL)
-T._notify = notify_then_die
-T.main(sys.argv[1:])
+loop._notify = notify_then_die
+command.main(sys.argv[1:])
 """
 
 

@@ -9,7 +9,8 @@ import torch
 from utils.data import load_corpus, train_val_split
 from utils.model import count_parameters
 from utils.tokenizers import CharTokenizer
-from utils.train import PRESETS, build_model, preset, split_loss, train
+from utils.train_config import PRESETS, preset
+from utils.trainer import build_model, split_loss, train
 
 FAST = "shakespeare-char-fast"
 
@@ -57,7 +58,8 @@ def _fake_gpu(monkeypatch, native_bf16: bool):
 
 
 def test_auto_dtype_is_bf16_only_where_a_gpu_runs_it_natively(monkeypatch):
-    from utils.train import TrainConfig, autocast_dtype
+    from utils.train_config import TrainConfig
+    from utils.trainer import autocast_dtype
 
     config = TrainConfig(dtype="auto")
     _fake_gpu(monkeypatch, native_bf16=True)

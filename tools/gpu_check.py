@@ -43,7 +43,8 @@ from utils.paths import REPO_ROOT, run_dir  # noqa: E402
 from utils.throughput import device_peak, mfu  # noqa: E402
 from utils.timing import stopwatch, synchronize  # noqa: E402
 from utils.tokenizers import CharTokenizer  # noqa: E402
-from utils.train import autocast_dtype, preset, split_loss, tf32_matmuls, train  # noqa: E402
+from utils.train_config import preset  # noqa: E402
+from utils.trainer import autocast_dtype, split_loss, tf32_matmuls, train  # noqa: E402
 
 SHIPPED_CPU_VAL = 1.646   # the shipped CPU model on the whole held-out play (data/README.md)
 PARTS = ("notebooks", "train", "ladder", "gpt2", "bench")

@@ -3,7 +3,7 @@
 Each module is named after what it holds and is introduced by one chapter:
 
     paths            where the repository, data and run outputs live          (all chapters)
-    device           get_device(), set_seed()                                  (chapter 00)
+    device           get_device(), set_seed(), machine_description()           (chapter 00)
     data             load_corpus(), train_val_split(), get_batch()             (chapter 00)
     sequence_models  the RNN-versus-attention experiments: gradients over
                      distance, recall of the first token, sequential time      (chapter 00)
@@ -26,8 +26,12 @@ Each module is named after what it holds and is introduced by one chapter:
                      EncoderDecoder and the string-reversal toy                (chapter 06)
     losses           cross-entropy written out; uniform/unigram/bigram loss lines (chapter 07)
     optim            AdamW from its update rule, lr_at (warm-up + cosine)      (chapter 07)
-    train            the trainer: TrainConfig, presets, train(), checkpoints,
-                     DDP; `python -m utils.train --preset shakespeare-char`    (chapter 07)
+    distributed      world_size(), process_rank(): which process of a torchrun  (chapter 07)
+    train_config     TrainConfig (every setting of a run) and named presets    (chapter 07)
+    checkpoints      atomic_save, checksum, save/load_checkpoint (weights only) (chapter 07)
+    trainer          the loop: train(), precision (bf16/fp16 + scaler, TF32),
+                     estimate_loss, split_loss, exact resume, DDP              (chapter 07)
+    train            the command line: `python -m utils.train --preset ...`    (chapter 07)
     pretrained       trained GPTs as safetensors; load_pretrained(name):
                      "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
     generation       generate(), stream(), temperature/top-k/top-p/repetition

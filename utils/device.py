@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,3 +118,17 @@ def describe_environment() -> dict[str, str]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def machine_description() -> str:
+    """One line about the hardware, for the record of a run."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()}-core CPU ({cpu}), {torch.get_num_threads()} torch threads"
+

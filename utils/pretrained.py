@@ -47,7 +47,7 @@ def save_pretrained(path: Path | str, model: nn.Module, tokenizer: CharTokenizer
     """
     from safetensors.torch import save_model
 
-    from utils.train import checksum
+    from utils.checkpoints import checksum
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +75,8 @@ def export_checkpoint(checkpoint_path: Path | str, out_path: Path | str, tokeniz
                       record: dict[str, Any] | None = None) -> Path:
     """Turn a trainer checkpoint (weights + optimizer + curves) into a weights-only
     safetensors file, e.g. to ship the latest checkpoint of a run that was stopped early."""
+    from utils.checkpoints import load_checkpoint
     from utils.model import GPT, GPTConfig
-    from utils.train import load_checkpoint
 
     state = load_checkpoint(checkpoint_path)
     if state["model_config"] is None:
@@ -97,8 +97,8 @@ def load_model_file(path: Path | str, device: torch.device | str = "cpu",
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
+    from utils.checkpoints import checksum
     from utils.model import GPT, GPTConfig
-    from utils.train import checksum
 
     path = Path(path)
     if not path.is_file():
