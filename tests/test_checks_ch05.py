@@ -14,8 +14,8 @@ from tests.grading import (
     stub,
 )
 from utils.checks import ch05 as check
-from utils.model import layer_norm as library_layer_norm
-from utils.model import rms_norm as library_rms_norm
+from utils.layers import layer_norm as library_layer_norm
+from utils.layers import rms_norm as library_rms_norm
 
 # ---- exercise 1: LayerNorm ------------------------------------------------------------------
 

@@ -1,27 +1,28 @@
-"""utils/model.py: norms, feed-forward, block and GPT, checked against PyTorch and by invariants."""
+"""utils/layers.py and utils/model.py: norms, feed-forward, block and GPT, checked against
+PyTorch and by invariants."""
 
+import json
 import math
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.layers import FeedForward, LayerNorm, RMSNorm, ffn_hidden_size, layer_norm, rms_norm
 from utils.model import (
     GPT,
     Block,
-    FeedForward,
     GPTConfig,
     GPTOutput,
-    LayerNorm,
-    RMSNorm,
     count_parameters,
     estimate_flops_per_token,
-    ffn_hidden_size,
-    layer_norm,
     parameter_breakdown,
-    rms_norm,
 )
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -115,6 +116,28 @@ def test_feedforward_gelu_formula():
     torch.testing.assert_close(ffn(x), expected)
     with pytest.raises(ValueError, match="mlp"):
         FeedForward(8, "relu")
+    with pytest.raises(ValueError, match="mlp"):           # even with the width given
+        FeedForward(8, "relu", hidden=16)
+
+
+def test_feedforward_exact_gelu_is_the_erf_form():
+    torch.manual_seed(0)
+    exact = FeedForward(8, "gelu_exact")
+    x = torch.randn(3, 8) * 3
+    u = exact.up(x)
+    erf_gelu = 0.5 * u * (1 + torch.erf(u / math.sqrt(2)))      # x * Phi(x)
+    torch.testing.assert_close(exact(x), exact.down(erf_gelu))
+    # negative control: the tanh network with the same weights gives other numbers
+    tanh = FeedForward(8, "gelu")
+    tanh.load_state_dict(exact.state_dict())
+    assert not torch.allclose(tanh(x), exact(x), atol=1e-5)
+    assert ffn_hidden_size(8, "gelu_exact") == ffn_hidden_size(8) == 32
+
+
+def test_feedforward_takes_any_hidden_width():
+    ffn = FeedForward(16, "swiglu", hidden=44, bias=False)
+    assert ffn.up.weight.shape == ffn.gate.weight.shape == (44, 16)
+    assert ffn.down.weight.shape == (16, 44)
 
 
 # ------------------------------------------------------------------------------ config
@@ -125,6 +148,10 @@ def test_feedforward_gelu_formula():
     (dict(norm="batch"), "norm"), (dict(mlp="relu"), "mlp"), (dict(dropout=1.0), "dropout"),
     (dict(n_layer=0), "n_layer"), (dict(vocab_size=3.5), "vocab_size"),
     (dict(n_embd=12, n_head=4, pos="rope"), "rope"),
+    (dict(ffn_hidden=0), "ffn_hidden"), (dict(ffn_hidden=True), "ffn_hidden"),
+    (dict(ffn_hidden=64.0), "ffn_hidden"), (dict(rope_theta=0.0), "rope_theta"),
+    (dict(rope_theta=True), "rope_theta"), (dict(rope_theta=math.inf), "rope_theta"),
+    (dict(rope_theta="1e4"), "rope_theta"),
 ])
 def test_config_rejects_bad_values_with_the_field_named(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -134,7 +161,61 @@ def test_config_rejects_bad_values_with_the_field_named(bad, field):
 def test_config_fields_are_the_documented_ones():
     names = list(GPTConfig.__dataclass_fields__)
     assert names == ["vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head",
-                     "dropout", "bias", "pos", "norm", "mlp", "tie_weights"]
+                     "dropout", "bias", "pos", "rope_theta", "norm", "mlp", "ffn_hidden",
+                     "tie_weights"]
+
+
+def test_new_fields_default_to_what_the_model_always_built():
+    cfg = tiny(pos="rope", mlp="swiglu")
+    assert cfg.rope_theta == 10000.0 and cfg.ffn_hidden is None
+    assert cfg.ffn_width == ffn_hidden_size(32, "swiglu")
+    model = GPT(cfg)
+    assert model.rope.base == 10000.0
+    assert model.blocks[0].mlp.up.weight.shape == (ffn_hidden_size(32, "swiglu"), 32)
+
+
+def test_ffn_hidden_sets_the_width_of_every_block():
+    model = GPT(tiny(mlp="swiglu", ffn_hidden=44))
+    for block in model.blocks:
+        assert block.mlp.gate.weight.shape == block.mlp.up.weight.shape == (44, 32)
+        assert block.mlp.down.weight.shape == (32, 44)
+
+
+def test_rope_theta_is_used_by_every_block():
+    torch.manual_seed(0)
+    model = GPT(tiny(pos="rope", rope_theta=500000.0)).eval()
+    assert model.rope.base == 500000.0
+    assert all(block.attn.rope is model.rope for block in model.blocks)
+    x = ids()
+    # the same weights with the default base: another model
+    assert not torch.allclose(model(x)[0], _same_weights(model, rope_theta=10000.0)(x)[0],
+                              atol=1e-4)
+
+
+def test_config_saved_before_the_new_fields_still_loads():
+    """model.json and safetensors metadata hold asdict(config); older files lack the new keys."""
+    old = {"vocab_size": 65, "block_size": 128, "n_layer": 6, "n_head": 4, "n_embd": 128,
+           "n_kv_head": None, "dropout": 0.0, "bias": True, "pos": "learned", "norm": "layer",
+           "mlp": "gelu", "tie_weights": True}
+    cfg = GPTConfig(**old)
+    assert (cfg.rope_theta, cfg.ffn_hidden, cfg.ffn_width) == (10000.0, None, 512)
+    assert GPTConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg        # and round-trips
+    custom = tiny(pos="rope", rope_theta=5e5, mlp="gelu_exact", ffn_hidden=100)
+    assert GPTConfig(**json.loads(json.dumps(asdict(custom)))) == custom
+
+
+@pytest.mark.parametrize("name", ["shakespeare-char", "shakespeare-char-draft"])
+def test_shipped_checkpoints_load_unchanged(name):
+    from safetensors import safe_open
+
+    from utils.pretrained import load_model_file
+    path = CHECKPOINTS / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        stored = json.loads(f.metadata()["config"])
+    assert "ffn_hidden" not in stored and "rope_theta" not in stored   # saved before them
+    model, _, _ = load_model_file(path)         # strict load + checksum of every weight
+    assert model.config == GPTConfig(**stored)
+    assert model.blocks[0].mlp.up.weight.shape[0] == 4 * stored["n_embd"]
 
 
 # ------------------------------------------------------------------------------- block
@@ -272,7 +353,9 @@ def test_weight_tying_and_init():
 
 
 STYLES_FOR_COUNTS = ALL_STYLES + [dict(tie_weights=False, bias=False),
-                                  dict(norm="rms", mlp="swiglu", n_kv_head=1)]
+                                  dict(norm="rms", mlp="swiglu", n_kv_head=1),
+                                  dict(mlp="gelu_exact", ffn_hidden=100),
+                                  dict(LLAMA_STYLE, ffn_hidden=44, rope_theta=500000.0)]
 
 
 @pytest.mark.parametrize("style", STYLES_FOR_COUNTS)
@@ -291,10 +374,21 @@ def test_parameter_breakdown_matches_the_built_model(style):
 def test_famous_parameter_counts():
     gpt2 = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
     assert parameter_breakdown(gpt2)["total"] == 124_439_808
+    llama = {k: v for k, v in LLAMA_STYLE.items() if k != "n_kv_head"}
     llama3_8b = GPTConfig(vocab_size=128256, block_size=8192, n_layer=32, n_head=32,
-                          n_embd=4096, n_kv_head=8, **{k: v for k, v in LLAMA_STYLE.items()
-                                                       if k != "n_kv_head"})
-    assert parameter_breakdown(llama3_8b, ffn_hidden=14336)["total"] == 8_030_261_248
+                          n_embd=4096, n_kv_head=8, ffn_hidden=14336, rope_theta=500000.0,
+                          **llama)
+    assert parameter_breakdown(llama3_8b)["total"] == 8_030_261_248
+    # the published counts of the models' own safetensors files
+    llama2_7b = GPTConfig(vocab_size=32000, block_size=4096, n_layer=32, n_head=32,
+                          n_embd=4096, ffn_hidden=11008, **llama)
+    assert parameter_breakdown(llama2_7b)["total"] == 6_738_415_616
+    tinyllama = GPTConfig(vocab_size=32000, block_size=2048, n_layer=22, n_head=32,
+                          n_embd=2048, n_kv_head=4, ffn_hidden=5632, **llama)
+    assert parameter_breakdown(tinyllama)["total"] == 1_100_048_384
+    # the 8/3 rule would miss Llama 2's real width (11008): the count needs the field
+    assert parameter_breakdown(GPTConfig(**{**asdict(llama2_7b), "ffn_hidden": None}))[
+        "total"] != 6_738_415_616
 
 
 def test_flops_per_token_is_about_two_n_forward_six_n_training():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.model import GPT, FeedForward, GPTConfig
+from utils.layers import FeedForward
+from utils.model import GPT, GPTConfig
 from utils.moe import (
     MoEFeedForward,
     count_moe_parameters,
@@ -165,3 +166,12 @@ def test_train_briefly_lowers_the_loss_and_counts_expert_usage(config):
     assert all(a == a for a in history["aux"])           # recorded (not nan) for an MoE
     dense = train_briefly(GPT(config), data, steps=10, batch_size=4, block_size=16, log_every=5)
     assert dense["expert_counts"] == []
+
+
+def test_moe_gpt_experts_split_the_configured_ffn_width():
+    """With `ffn_hidden` set, the dense width the experts share is that one, not the 4x rule."""
+    cfg = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16, ffn_hidden=40)
+    model = moe_gpt(cfg, n_experts=4, top_k=2)
+    assert model.blocks[0].mlp.experts[0].up.weight.shape == (20, 16)          # 40 / top_k
+    rule = moe_gpt(GPTConfig(**{**cfg.__dict__, "ffn_hidden": None}), n_experts=4, top_k=2)
+    assert rule.blocks[0].mlp.experts[0].up.weight.shape == (32, 16)           # 4 * 16 / 2

@@ -33,8 +33,9 @@ from utils.attention import MultiHeadAttention
 from utils.data import get_batch, load_corpus, train_val_split
 from utils.device import one_thread
 from utils.embeddings import alibi_bias
+from utils.layers import FeedForward
 from utils.masks import for_heads, padding_mask
-from utils.model import Block, FeedForward, GPTConfig, make_norm
+from utils.model import Block, GPTConfig, make_norm
 from utils.paths import run_dir
 from utils.tokenizers import CharTokenizer
 

@@ -1,4 +1,4 @@
-"""Load Hugging Face GPT-2 and Llama weights into our GPT (chapter 05).
+"""Load Hugging Face GPT-2, Llama and Mistral weights into our GPT (chapter 05).
 
 Our `GPT` computes the same function as `transformers`' GPT-2 and Llama; only the names and a
 few layouts differ. The converters below are the whole translation:
@@ -16,6 +16,14 @@ Llama (`LlamaForCausalLM`)
     row i + d/2 -> 2i + 1). The same reordering of q and k leaves every dot product q . k,
     and so every attention score, unchanged.
 
+Mistral (`MistralForCausalLM`)
+    Llama's layout and names. Its one addition, sliding-window attention, changes nothing
+    for sequences no longer than the window, so we cap `block_size` at the window.
+
+`gpt_from_hf(hf_model)` converts a model already in memory; `gpt_from_hf_pretrained(name)`
+loads one by name or from a folder first. (This module imports the model, never the
+reverse: `utils.model` knows nothing of Hugging Face.)
+
 `transformers` is imported only inside the functions that need it: it is slow to import and
 the rest of the course does not need it.
 """
@@ -30,46 +38,56 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from utils.embeddings import RotaryEmbedding
-from utils.model import GPT, GPTConfig, ffn_hidden_size
+from utils.model import GPT, GPTConfig
+
+# GPT2Config.activation_function -> our mlp. "gelu_new" is GPT-2's own tanh approximation.
+GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
 
 
 def gpt2_config_from_hf(hf_config) -> GPTConfig:
     """Our GPTConfig for a `transformers.GPT2Config`."""
-    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"GPT2Config.activation_function={hf_config.activation_function!r}: "
-                         f"our FeedForward uses the tanh GELU ('gelu_new') only")
-    if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
-        raise ValueError(f"GPT2Config.n_inner={hf_config.n_inner}: our GELU feed-forward is "
-                         f"4 * n_embd = {4 * hf_config.n_embd} wide")
+    activation = hf_config.activation_function
+    if activation not in GPT2_ACTIVATIONS:
+        raise ValueError(f"GPT2Config.activation_function={activation!r}: our FeedForward "
+                         f"has GELU as {sorted(GPT2_ACTIVATIONS)} only")
     return GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
                      n_layer=hf_config.n_layer, n_head=hf_config.n_head,
                      n_embd=hf_config.n_embd, bias=True, pos="learned", norm="layer",
-                     mlp="gelu", tie_weights=hf_config.tie_word_embeddings)
+                     mlp=GPT2_ACTIVATIONS[activation], ffn_hidden=hf_config.n_inner,
+                     tie_weights=hf_config.tie_word_embeddings)
 
 
 def llama_config_from_hf(hf_config) -> GPTConfig:
-    """Our GPTConfig for a `transformers.LlamaConfig` (the parts our GPT can express)."""
+    """Our GPTConfig for a `transformers.LlamaConfig` or `MistralConfig` (the parts our GPT
+    can express; anything else raises a ValueError that names it)."""
+    kind = type(hf_config).__name__
     d, h = hf_config.hidden_size, hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or d // h
     if head_dim * h != d:
-        raise ValueError(f"LlamaConfig.head_dim={head_dim} with {h} heads != hidden_size={d}; "
+        raise ValueError(f"{kind}.head_dim={head_dim} with {h} heads != hidden_size={d}; "
                          f"our attention splits hidden_size evenly over the heads")
-    if hf_config.intermediate_size != ffn_hidden_size(d, "swiglu"):
-        raise ValueError(f"LlamaConfig.intermediate_size={hf_config.intermediate_size}, but "
-                         f"our SwiGLU width for hidden_size={d} is "
-                         f"{ffn_hidden_size(d, 'swiglu')} (utils.model.ffn_hidden_size)")
+    if getattr(hf_config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"{kind}.hidden_act={hf_config.hidden_act!r}: our SwiGLU gates "
+                         f"with SiLU")
+    # transformers 5 keeps the base in rope_parameters; older configs have rope_theta
     rope = getattr(hf_config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"LlamaConfig rope_type={rope.get('rope_type')!r}: only plain RoPE "
+        raise ValueError(f"{kind} rope_type={rope.get('rope_type')!r}: only plain RoPE "
                          f"('default') is implemented")
+    theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
     if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
-        raise ValueError("LlamaConfig with attention_bias/mlp_bias: our Llama layout has no biases")
-    return GPTConfig(vocab_size=hf_config.vocab_size,
-                     block_size=hf_config.max_position_embeddings,
+        raise ValueError(f"{kind} with attention_bias/mlp_bias: our Llama layout has no biases")
+    block_size = hf_config.max_position_embeddings
+    window = getattr(hf_config, "sliding_window", None)
+    if window is not None and window < block_size:
+        # Up to `window` tokens, attending to the last `window` keys is attending to all.
+        block_size = window
+    return GPTConfig(vocab_size=hf_config.vocab_size, block_size=block_size,
                      n_layer=hf_config.num_hidden_layers, n_head=h, n_embd=d,
                      n_kv_head=hf_config.num_key_value_heads, bias=False, pos="rope",
-                     norm="rms", mlp="swiglu", tie_weights=hf_config.tie_word_embeddings)
+                     rope_theta=theta, norm="rms", mlp="swiglu",
+                     ffn_hidden=hf_config.intermediate_size,
+                     tie_weights=hf_config.tie_word_embeddings)
 
 
 class _Checkpoint(dict):
@@ -121,7 +139,8 @@ def _interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 @torch.no_grad()
 def load_hf_llama_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> GPT:
-    """Copy a `LlamaForCausalLM` state dict into `model` (configured by llama_config_from_hf)."""
+    """Copy a `LlamaForCausalLM` (or `MistralForCausalLM`) state dict into `model`
+    (configured by llama_config_from_hf)."""
     sd = _Checkpoint({k.removeprefix("model."): v for k, v in state_dict.items()})
     cfg = model.config
     ours: dict[str, torch.Tensor] = {"embed.token.weight": sd["embed_tokens.weight"],
@@ -157,25 +176,20 @@ def _copy_into(model: GPT, ours: dict[str, torch.Tensor]) -> None:
 
 
 def gpt_from_hf(hf_model) -> GPT:
-    """Our GPT holding the weights of a `transformers` GPT-2 or Llama causal LM."""
+    """Our GPT holding the weights of a `transformers` GPT-2, Llama or Mistral causal LM."""
     hf_config = hf_model.config
     state_dict = hf_model.state_dict()
     if hf_config.model_type == "gpt2":
         model = GPT(gpt2_config_from_hf(hf_config))
         _set_norm_eps(model, hf_config.layer_norm_epsilon)
         load_hf_gpt2_state_dict(model, state_dict)
-    elif hf_config.model_type == "llama":
+    elif hf_config.model_type in ("llama", "mistral"):
         model = GPT(llama_config_from_hf(hf_config))
         _set_norm_eps(model, hf_config.rms_norm_eps)
-        theta = (getattr(hf_config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-        if theta != 10000.0:                    # e.g. Llama 3 uses 500000: slower rotations
-            model.rope = RotaryEmbedding(model.config.head_dim, model.config.block_size, theta)
-            for block in model.blocks:
-                block.attn.rope = model.rope
         load_hf_llama_state_dict(model, state_dict)
     else:
-        raise ValueError(f"model_type={hf_config.model_type!r}: only 'gpt2' and 'llama' "
-                         f"layouts are converted")
+        raise ValueError(f"model_type={hf_config.model_type!r}: only the 'gpt2', 'llama' and "
+                         f"'mistral' layouts are converted")
     return model.to(next(hf_model.parameters()).dtype).eval()
 
 

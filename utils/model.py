@@ -16,6 +16,8 @@ One `GPTConfig` covers both families the course compares:
 * Llama: RoPE inside attention, RMSNorm, SwiGLU feed-forward, no biases, grouped-query
   attention (`n_kv_head < n_head`), separate output layer.
 
+The norms and feed-forward networks are in `utils/layers.py`, attention in
+`utils/attention.py`. The end of this file counts parameters and FLOPs from a config alone.
 `utils/hf_convert.py` loads Hugging Face weights of both layouts into this model; the tests
 check the logits match `transformers`' own models.
 """
@@ -32,131 +34,10 @@ from torch import nn
 
 from utils.attention import KVCache, MultiHeadAttention
 from utils.embeddings import RotaryEmbedding, TokenPositionEmbedding, alibi_slopes
+from utils.layers import MLPS, FeedForward, LayerNorm, RMSNorm, ffn_hidden_size
 
 POSITIONS = ("learned", "rope", "alibi", "none")
 NORMS = ("layer", "rms")
-MLPS = ("gelu", "swiglu")
-
-
-# ----------------------------------------------------------------------------- normalisation
-
-def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None,
-               bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
-    """LayerNorm written out: standardise each vector over its features, then scale and shift.
-
-    The variance is the plain mean of squared deviations (divide by d, not d - 1), and eps
-    goes inside the square root. Same numbers as `torch.nn.functional.layer_norm`.
-
-    >>> x = torch.tensor([[1.0, 2.0, 3.0]])
-    >>> layer_norm(x)
-    tensor([[-1.2247,  0.0000,  1.2247]])
-    """
-    mean = x.mean(dim=-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + eps)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None,
-             eps: float = 1e-5) -> torch.Tensor:
-    """RMSNorm written out: divide each vector by its root mean square, then scale.
-
-    No mean is subtracted and there is no bias: one reduction instead of two.
-
-    >>> rms_norm(torch.tensor([[3.0, -3.0, 3.0, -3.0]]))
-    tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]])
-    """
-    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return y if weight is None else y * weight
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's own always has one when it has a weight).
-
-    >>> ln = LayerNorm(4)
-    >>> x = torch.randn(2, 3, 4)
-    >>> torch.allclose(ln(x), nn.LayerNorm(4)(x), atol=1e-6)
-    True
-    """
-
-    def __init__(self, d: int, bias: bool = True, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))                   # the gain, gamma
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None  # the shift, beta
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the fused kernel computes exactly `layer_norm` above, both statistics in one pass over memory
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama). Computed in float32, returned in the input's dtype.
-
-    >>> norm = RMSNorm(4)
-    >>> norm(torch.full((1, 4), 5.0))
-    tensor([[1.0000, 1.0000, 1.0000, 1.0000]], grad_fn=<MulBackward0>)
-    """
-
-    def __init__(self, d: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In bf16 the mean of squares loses precision; do the statistics in float32.
-        return self.weight * rms_norm(x.float(), eps=self.eps).to(x.dtype)
-
-
-# ------------------------------------------------------------------------------ feed-forward
-
-def ffn_hidden_size(n_embd: int, mlp: str = "gelu") -> int:
-    """Width of the feed-forward layer's hidden layer.
-
-    GELU: 4 * n_embd. SwiGLU has three matrices instead of two, so its width is 2/3 of that
-    (rounded up to a multiple of 8), which keeps the parameter count about the same.
-
-    >>> ffn_hidden_size(768), ffn_hidden_size(768, "swiglu")
-    (3072, 2048)
-    """
-    if mlp == "gelu":
-        return 4 * n_embd
-    if mlp == "swiglu":
-        return 8 * math.ceil(8 * n_embd / 3 / 8)
-    raise ValueError(f"mlp must be one of {MLPS}, got {mlp!r}")
-
-
-class FeedForward(nn.Module):
-    """The position-wise feed-forward network: the same small MLP applied to every token.
-
-    mlp="gelu"    down(gelu(up(x)))               (GPT-2; tanh-approximated GELU)
-    mlp="swiglu"  down(silu(gate(x)) * up(x))     (Llama)
-
-    >>> ffn = FeedForward(16, mlp="swiglu")
-    >>> ffn(torch.randn(2, 5, 16)).shape
-    torch.Size([2, 5, 16])
-    """
-
-    def __init__(self, n_embd: int, mlp: str = "gelu", hidden: int | None = None,
-                 bias: bool = True, dropout: float = 0.0) -> None:
-        super().__init__()
-        hidden = ffn_hidden_size(n_embd, mlp) if hidden is None else hidden
-        self.mlp = mlp
-        self.up = nn.Linear(n_embd, hidden, bias=bias)
-        self.gate = nn.Linear(n_embd, hidden, bias=bias) if mlp == "swiglu" else None
-        self.down = nn.Linear(hidden, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is None:
-            h = F.gelu(self.up(x), approximate="tanh")      # [B, T, hidden]
-        else:
-            h = F.silu(self.gate(x)) * self.up(x)           # the gate decides what passes
-        return self.dropout(self.down(h))                   # [B, T, n_embd]
 
 
 # ------------------------------------------------------------------------------------ config
@@ -167,10 +48,18 @@ class GPTConfig:
 
     n_kv_head   key/value heads (None: one per query head; fewer: grouped-query attention)
     pos         "learned" (GPT-2), "rope" (Llama), "alibi" or "none"
+    rope_theta  RoPE's base: the slowest pair of dimensions turns once in ~2*pi*theta
+                positions (10000 as in the paper and Llama 2; Llama 3 uses 500000)
     norm        "layer" (LayerNorm) or "rms" (RMSNorm)
-    mlp         "gelu" (4x wide) or "swiglu" (about 8/3x wide, three matrices)
+    mlp         "gelu" (GPT-2's tanh-approximated GELU), "gelu_exact" (the erf form) or
+                "swiglu" (three matrices)
+    ffn_hidden  the feed-forward network's hidden width (None: 4 * n_embd for GELU, about
+                8/3 * n_embd for SwiGLU; real models set their own, Llama-2-7B 11008)
     bias        biases in every linear layer and LayerNorm
     tie_weights the output layer reuses the token embedding matrix
+
+    Files saved before `rope_theta` and `ffn_hidden` existed hold no value for them, and
+    load with the defaults, which are what those models were built with.
     """
 
     vocab_size: int
@@ -182,8 +71,10 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     pos: str = "learned"
+    rope_theta: float = 10000.0
     norm: str = "layer"
     mlp: str = "gelu"
+    ffn_hidden: int | None = None
     tie_weights: bool = True
 
     def __post_init__(self) -> None:
@@ -199,6 +90,15 @@ class GPTConfig:
                 or self.n_kv_head < 1 or self.n_head % self.n_kv_head):
             raise ValueError(f"GPTConfig.n_kv_head must be None or a positive divisor of "
                              f"n_head={self.n_head}, got {self.n_kv_head!r}")
+        if self.ffn_hidden is not None and (
+                isinstance(self.ffn_hidden, bool) or not isinstance(self.ffn_hidden, numbers.Integral)
+                or self.ffn_hidden < 1):
+            raise ValueError(f"GPTConfig.ffn_hidden must be None or a positive int, "
+                             f"got {self.ffn_hidden!r}")
+        if (isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, numbers.Real)
+                or not 1.0 < self.rope_theta < math.inf):
+            raise ValueError(f"GPTConfig.rope_theta must be a number above 1, "
+                             f"got {self.rope_theta!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         for name, allowed in (("pos", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
@@ -216,6 +116,11 @@ class GPTConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def ffn_width(self) -> int:
+        """The feed-forward hidden width actually built: `ffn_hidden`, or the usual rule."""
+        return ffn_hidden_size(self.n_embd, self.mlp) if self.ffn_hidden is None else self.ffn_hidden
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -245,8 +150,8 @@ class Block(nn.Module):
                                        dropout=config.dropout, bias=config.bias,
                                        use_sdpa=True, rope=rope)
         self.norm2 = make_norm(config)
-        self.mlp = FeedForward(config.n_embd, config.mlp, bias=config.bias,
-                               dropout=config.dropout)
+        self.mlp = FeedForward(config.n_embd, config.mlp, hidden=config.ffn_width,
+                               bias=config.bias, dropout=config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True,
                 offset: int = 0, need_weights: bool = False, cache: KVCache | None = None,
@@ -311,7 +216,8 @@ class GPT(nn.Module):
             config.vocab_size, config.n_embd, config.block_size,
             positions="learned" if config.pos == "learned" else "none", dropout=config.dropout)
         # One table of rotations shared by every layer (it holds no parameters).
-        self.rope = (RotaryEmbedding(config.head_dim, max_len=config.block_size)
+        self.rope = (RotaryEmbedding(config.head_dim, max_len=config.block_size,
+                                     base=config.rope_theta)
                      if config.pos == "rope" else None)
         if config.pos == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
@@ -416,13 +322,6 @@ class GPT(nn.Module):
         if self.embed.position is not None:
             self.embed.position.weight = nn.Parameter(self.embed.position.weight[:block_size])
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **hf_kwargs) -> GPT:
-        """A GPT with GPT-2's weights from Hugging Face ("gpt2", "gpt2-medium", ... or a local
-        folder saved by `transformers`). Needs internet (or the Hugging Face cache) for names."""
-        from utils.hf_convert import gpt_from_hf_pretrained
-        return gpt_from_hf_pretrained(name_or_path, **hf_kwargs)
-
 
 # ---------------------------------------------------------------------------- where the cost is
 
@@ -435,19 +334,18 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def parameter_breakdown(config: GPTConfig, ffn_hidden: int | None = None) -> dict[str, int]:
+def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
     """Parameters of a GPT by where they live, computed from the config alone.
 
     Keys: embedding (tokens + learned positions), attention, ffn, norms, lm_head (0 when
-    tied) and total. `ffn_hidden` overrides the feed-forward width (real Llamas round it
-    their own way). For the model this file builds, `total == count_parameters(GPT(config))`.
+    tied) and total. For the model this file builds, `total == count_parameters(GPT(config))`.
 
     >>> gpt2 = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
     >>> parameter_breakdown(gpt2)["total"]
     124439808
     """
     d, L, b = config.n_embd, config.n_layer, config.bias
-    hidden = ffn_hidden_size(d, config.mlp) if ffn_hidden is None else ffn_hidden
+    hidden = config.ffn_width
     kv_width = config.kv_heads * config.head_dim
     embedding = config.vocab_size * d + (config.block_size * d if config.pos == "learned" else 0)
     qkv = d * (d + 2 * kv_width) + (d + 2 * kv_width if b else 0)
@@ -463,7 +361,7 @@ def parameter_breakdown(config: GPTConfig, ffn_hidden: int | None = None) -> dic
 
 
 def estimate_flops_per_token(config: GPTConfig, seq_len: int | None = None,
-                             training: bool = False, ffn_hidden: int | None = None) -> int:
+                             training: bool = False) -> int:
     """Floating-point operations to process one token (a multiply-add counts as 2).
 
     Forward: 2 per weight used in a matrix multiply (every weight except the embedding
@@ -476,12 +374,12 @@ def estimate_flops_per_token(config: GPTConfig, seq_len: int | None = None,
     >>> estimate_flops_per_token(cfg, seq_len=8)   # 2*(48+16+128+400) matmul + 2*2*8*4
     1312
     """
-    parts = parameter_breakdown(config, ffn_hidden)
+    parts = parameter_breakdown(config)
     d = config.n_embd
     # weights of the matrix multiplies only (biases and norms are cheap elementwise ops)
     matmul = parts["attention"] + parts["ffn"] + config.vocab_size * d
     if config.bias:
-        hidden = ffn_hidden_size(d, config.mlp) if ffn_hidden is None else ffn_hidden
+        hidden = config.ffn_width
         n_mats = 3 if config.mlp == "swiglu" else 2
         kv_width = config.kv_heads * config.head_dim
         matmul -= config.n_layer * ((d + 2 * kv_width) + d + (n_mats - 1) * hidden + d)

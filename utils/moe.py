@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.data import get_batch
-from utils.model import GPT, FeedForward, GPTConfig, ffn_hidden_size
+from utils.layers import FeedForward
+from utils.model import GPT, GPTConfig
 
 
 class MoEFeedForward(nn.Module):
@@ -134,7 +135,7 @@ def moe_gpt(config: GPTConfig, n_experts: int = 4, top_k: int = 2,
     changed: we build a GPT and swap `block.mlp`, then initialise the new weights the way
     GPT does (std 0.02; the output layer of each expert scaled by 1/sqrt(2 * n_layer)).
     """
-    dense_hidden = ffn_hidden_size(config.n_embd, config.mlp)
+    dense_hidden = config.ffn_width
     hidden = max(1, dense_hidden // top_k) if expert_hidden is None else expert_hidden
     model = GPT(config)
     for block in model.blocks:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import model as _model
+from utils import layers as _layers
 from utils.attention import MultiHeadAttention
 from utils.checks.grading import (
     Hint,
@@ -18,7 +18,8 @@ from utils.checks.grading import (
     grader,
     seeded_cases,
 )
-from utils.model import FeedForward, GPTConfig, LayerNorm, parameter_breakdown
+from utils.layers import FeedForward, LayerNorm
+from utils.model import GPTConfig, parameter_breakdown
 
 
 def _tensor(rng: np.random.Generator, *shape: int, scale: float = 1.0, shift: float = 0.0):
@@ -104,7 +105,7 @@ def _layer_norm_cases():
 @grader
 def layer_norm(fn):
     """Exercise 1: layer_norm(x, weight, bias, eps) over the last dimension, from scratch."""
-    compare_with_reference(fn, _model.layer_norm, _layer_norm_cases(), _compare_tensors,
+    compare_with_reference(fn, _layers.layer_norm, _layer_norm_cases(), _compare_tensors,
                            name="layer_norm", diagnose=_layer_norm_mistakes)
     # Checked after the values (an answer right on the first case only still fails above):
     # F.layer_norm, torch.layer_norm and nn.LayerNorm all reach one of these.
@@ -161,7 +162,7 @@ def rms_norm(fn):
         (torch.arange(24.0).view(2, 3, 4) - 7.0, weight, 1e-5),
         (torch.arange(12.0).view(4, 3).t() - 5.0, torch.ones(4) * 2, 1e-5),  # non-contiguous
     ] + seeded_cases(_rms_case, n=25, seed=600)
-    compare_with_reference(fn, _model.rms_norm, cases, _compare_tensors, name="rms_norm",
+    compare_with_reference(fn, _layers.rms_norm, cases, _compare_tensors, name="rms_norm",
                            diagnose=_rms_norm_mistakes)
     forbid_calls(fn, (_btd(), torch.ones(4), 1e-5), dict.fromkeys(  # F.rms_norm, nn.RMSNorm
         (F.rms_norm, torch.rms_norm), "compute the mean of the squares yourself"))
