@@ -3,6 +3,7 @@
 import html
 import math
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -22,7 +23,7 @@ def text(w) -> str:
 @pytest.mark.parametrize("name, billions", [
     ("GPT-2 small", 0.1244), ("GPT-2 XL (the '1.5B' GPT-2)", 1.558), ("Llama-3-8B", 8.030),
     ("Llama-3.1-405B", 405.9), ("Mixtral 8x22B", 140.6), ("Qwen2.5-72B", 72.7),
-    ("Mistral Large 2 (123B)", 122.6),
+    ("Mistral Large 2 (123B)", 122.6), ("Llama-2-7B", 6.738), ("TinyLlama-1.1B", 1.100),
 ])
 def test_presets_give_the_published_sizes(name, billions):
     assert model_cost(PRESETS[name])["total"] / 1e9 == pytest.approx(billions, rel=2e-3)
@@ -44,6 +45,18 @@ def test_calculator_agrees_with_a_real_small_model():
     gpt2ish = Spec(64, 2, 4, 4, 100, 32)
     assert model_cost(gpt2ish)["total"] == count_parameters(
         GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=64)))
+
+
+def test_a_preset_width_is_the_real_models_and_builds_the_same_count():
+    """Llama-2-7B's 11008 is not the 8/3 rule's 10928: the spec passes it to GPTConfig."""
+    assert model_cost(PRESETS["Llama-2-7B"])["total"] == 6_738_415_616   # its safetensors
+    assert model_cost(PRESETS["Llama-2-7B"])["ffn_width"] == 11008
+    assert model_cost(replace(PRESETS["Llama-2-7B"], ffn_hidden=None))["ffn_width"] == 10928
+    odd = Spec(64, 3, 4, 2, 100, 32, "swiglu", ffn_hidden=100, tied=False)
+    model = GPT(odd.config())
+    assert model.blocks[0].mlp.up.weight.shape == (100, 64)
+    assert model_cost(odd)["total"] == count_parameters(model)
+    assert model_cost(replace(odd, ffn_hidden=None))["total"] != count_parameters(model)
 
 
 def test_memory_follows_bytes_per_parameter():
@@ -77,10 +90,11 @@ def test_presets_set_every_control():
 
 def test_width_follows_the_rule_after_a_manual_change():
     w = model_calculator("Llama-3-8B")
+    assert "feed-forward layers 14,336 wide" in text(w)
     w.controls["n_layer"].value = 33           # the preset's FFN width (14336) is kept
-    assert "8.25B" in text(w)
+    assert "8.25B" in text(w) and "14,336 wide" in text(w)
     w.controls["d_model"].value = 4096 + 64    # now SwiGLU's 8/3 rule applies again
-    assert "8.25B" not in text(w)
+    assert "8.25B" not in text(w) and "11,096 wide" in text(w)    # 8/3 * 4160, to 8s
 
 
 @pytest.mark.parametrize("n_head", [1, 7, 12, 25, 96, 127, 128])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from utils.model import GPTConfig, estimate_flops_per_token, ffn_hidden_size, parameter_breakdown
+from utils.model import GPTConfig, estimate_flops_per_token, parameter_breakdown
 from utils.widgets.display import (
     figure_to_png,
     guarded,
@@ -29,8 +29,9 @@ D_MODEL_STEP, D_MODEL_MAX = 64, 16384     # widths are multiples of 64 (every pr
 
 @dataclass(frozen=True)
 class Spec:
-    """The numbers that decide a decoder's size. `experts`/`top_k` describe a mixture of
-    experts (each token uses top_k of the experts' feed-forward layers)."""
+    """The numbers that decide a decoder's size. `ffn_hidden` is the feed-forward width
+    (None: the usual rule, 4x for GELU, about 8/3x for SwiGLU); `experts`/`top_k` describe a
+    mixture of experts (each token uses top_k of the experts' feed-forward layers)."""
 
     d_model: int
     n_layer: int
@@ -49,6 +50,16 @@ class Spec:
     def gpt2_family(self) -> bool:
         return self.ffn == "gelu"
 
+    def config(self) -> GPTConfig:
+        """The GPTConfig of one dense decoder of this shape (GPT-2's layout for GELU, Llama's
+        for SwiGLU)."""
+        gpt2 = self.gpt2_family
+        return GPTConfig(vocab_size=self.vocab, block_size=self.context, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.d_model, n_kv_head=self.n_kv_head,
+                         bias=gpt2, pos="learned" if gpt2 else "rope",
+                         norm="layer" if gpt2 else "rms", mlp=self.ffn,
+                         ffn_hidden=self.ffn_hidden, tie_weights=self.tied)
+
 
 # Published configurations (the models' config.json files). Parameter counts are ours; the
 # notes say where a model differs from what the calculator assumes.
@@ -60,6 +71,8 @@ PRESETS: dict[str, Spec] = {
     "BERT-large (encoder)": Spec(1024, 24, 16, 16, 30522, 512, note=(
         "an encoder: the same block without the causal mask. Its published 340M also counts "
         "segment embeddings, a pooler and the masked-LM head's extra layer")),
+    "TinyLlama-1.1B": Spec(2048, 22, 32, 4, 32000, 2048, "swiglu", 5632, tied=False),
+    "Llama-2-7B": Spec(4096, 32, 32, 32, 32000, 4096, "swiglu", 11008, tied=False),
     "Llama-3-8B": Spec(4096, 32, 32, 8, 128256, 8192, "swiglu", 14336, tied=False),
     "Llama-3.1-405B": Spec(16384, 126, 128, 8, 128256, 131072, "swiglu", 53248, tied=False),
     "Mistral Large 2 (123B)": Spec(12288, 88, 96, 8, 32768, 131072, "swiglu", 28672,
@@ -74,28 +87,23 @@ PRESETS: dict[str, Spec] = {
 
 
 def model_cost(spec: Spec) -> dict[str, float]:
-    """Parameters (total and used per token), forward FLOPs per token and memory in bytes."""
-    gpt2 = spec.gpt2_family
-    config = GPTConfig(vocab_size=spec.vocab, block_size=spec.context, n_layer=spec.n_layer,
-                       n_head=spec.n_head, n_embd=spec.d_model, n_kv_head=spec.n_kv_head,
-                       bias=gpt2, pos="learned" if gpt2 else "rope",
-                       norm="layer" if gpt2 else "rms", mlp=spec.ffn, tie_weights=spec.tied)
-    hidden = spec.ffn_hidden or ffn_hidden_size(spec.d_model, spec.ffn)
-    parts = parameter_breakdown(config, ffn_hidden=hidden)
+    """Parameters (total and used per token), the feed-forward width, forward FLOPs per token
+    and memory in bytes."""
+    config = spec.config()
+    parts = parameter_breakdown(config)
     router = spec.n_layer * spec.d_model * spec.experts if spec.experts > 1 else 0
     ffn_total = parts["ffn"] * spec.experts + router
     other = parts["norms"] + parts["lm_head"]
     total = parts["embedding"] + parts["attention"] + ffn_total + other
     active = total - parts["ffn"] * (spec.experts - spec.top_k)
     # FLOPs: the active feed-forward only; attention over the full context
-    flops = estimate_flops_per_token(config, ffn_hidden=hidden) \
-        + 2 * parts["ffn"] * (spec.top_k - 1) + 2 * router
+    flops = estimate_flops_per_token(config) + 2 * parts["ffn"] * (spec.top_k - 1) + 2 * router
     # Training memory: fp32 weights + fp32 gradients + AdamW's two fp32 moments = 16 B/param,
     # plus activations for one sequence at full context in bf16 without recomputation (rough:
     # ~34 bytes per token, layer and model dimension, with a fused attention kernel).
     activations = 34 * spec.context * spec.d_model * spec.n_layer
     return {"embedding": parts["embedding"], "attention": parts["attention"],
-            "ffn": ffn_total, "other": other, "total": total, "active": active,
+            "ffn_width": config.ffn_width, "ffn": ffn_total, "other": other, "total": total, "active": active,
             "flops": flops, "weights_fp32": 4 * total, "weights_bf16": 2 * total,
             "weights_int8": total, "train_states": 16 * total, "activations": activations}
 
@@ -177,7 +185,8 @@ def describe(spec: Spec, cost: dict[str, float]) -> str:
     moe = (f" — {_count(cost['active'])} of them used per token ({spec.top_k} of "
            f"{spec.experts} experts)" if spec.experts > 1 else "")
     attention = 4 * spec.n_layer * spec.context * spec.d_model
-    text = (f"{_count(cost['total'])} parameters{moe}. Forward pass: {_human(cost['flops'])}"
+    text = (f"{_count(cost['total'])} parameters{moe}; feed-forward layers "
+            f"{cost['ffn_width']:,} wide. Forward pass: {_human(cost['flops'])}"
             f"FLOP per token at context {spec.context:,}: 2 per weight used "
             f"({_human(cost['flops'] - attention)}FLOP) plus {_human(attention)}FLOP for "
             f"attending over the context; training ≈ 3× that. Weights: "
