@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import platform
 
+from utils.bpe import train_bpe_naive
+from utils.bpe_tokenizer import BPETokenizer
 from utils.data import load_corpus, train_val_split
 from utils.timing import stopwatch
-from utils.tokenizers import BPETokenizer, train_bpe_naive
 
 TARGET_SPEEDUP = 20.0
 

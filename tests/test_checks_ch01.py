@@ -17,13 +17,14 @@ from tests.grading import (
     right_on_first_call_only,
     stub,
 )
-from utils import tokenizers
+from utils import bpe
+from utils.bpe_tokenizer import BPETokenizer
 from utils.checks import ch01 as check
 
 
 # -- exercise 1: get_pair_counts -----------------------------------------------------------
 def test_pair_counts_accepts_library_counter_and_stub_not_attempted():
-    assert_accepts(check.get_pair_counts, tokenizers.get_pair_counts)
+    assert_accepts(check.get_pair_counts, bpe.get_pair_counts)
     assert_accepts(check.get_pair_counts, lambda ids: Counter(pairwise(ids)))
     assert_not_attempted(check.get_pair_counts, stub)
 
@@ -85,7 +86,7 @@ def test_pair_counts_rejects_emptying_the_input():
 
 # -- exercise 2: merge ---------------------------------------------------------------------
 def test_merge_accepts_library_and_stub_not_attempted():
-    assert_accepts(check.merge, tokenizers.merge)
+    assert_accepts(check.merge, bpe.merge)
     assert_not_attempted(check.merge, stub)
 
 
@@ -119,7 +120,7 @@ def test_merge_rejects_missing_last_pair():
 
 def test_merge_rejects_in_place_edit_and_crash():
     def in_place(ids, pair, new_id):
-        result = tokenizers.merge(ids, pair, new_id)
+        result = bpe.merge(ids, pair, new_id)
         ids[:] = result
         return result
 
@@ -180,7 +181,7 @@ def test_merge_rejects_identity_comparison():
 
 def test_merge_rejects_right_to_left_and_first_only():
     def right_to_left(ids, pair, new_id):
-        return tokenizers.merge(ids[::-1], pair[::-1], new_id)[::-1]
+        return bpe.merge(ids[::-1], pair[::-1], new_id)[::-1]
 
     assert "left to right" in assert_rejects(check.merge, right_to_left)
 
@@ -239,7 +240,7 @@ def test_bytes_per_token_rejects_empty_text_test_instead_of_empty_ids():
 
 # -- exercise 4: encoding by hand ----------------------------------------------------------
 def test_hand_encoding_accepts_the_answer_a_tokenizer_gives():
-    tok = tokenizers.BPETokenizer.from_merges(check.HAND_MERGES)
+    tok = BPETokenizer.from_merges(check.HAND_MERGES)
     assert_accepts(check.hand_encoding, tok.encode(check.HAND_TEXT))
     assert_accepts(check.hand_encoding, tuple(tok.encode(check.HAND_TEXT)))
     assert_not_attempted(check.hand_encoding, None)
@@ -267,7 +268,7 @@ def test_hand_encoding_hint_does_not_give_the_answer_away():
 
 from itertools import pairwise as _pairwise  # noqa: E402
 
-from utils.tokenizers import merge as _lib_merge  # noqa: E402
+from utils.bpe import merge as _lib_merge  # noqa: E402
 
 
 def encode_chunk(ids, merges):
@@ -320,7 +321,7 @@ def test_encode_chunk_rejects_newest_first_and_most_frequent_first():
     assert "newest first" in assert_rejects(check.encode_chunk, newest_first)
 
     def most_frequent(ids, merges):
-        from utils.tokenizers import get_pair_counts
+        from utils.bpe import get_pair_counts
         ids = list(ids)
         while True:
             counts = {p: c for p, c in get_pair_counts(ids).items() if p in merges}
@@ -353,7 +354,8 @@ def test_encode_chunk_rejects_single_merge_and_unchanged_and_mutation():
 
 
 def train_bpe(text, n_merges):
-    from utils.tokenizers import get_pair_counts, split_chunks
+    from utils.bpe import get_pair_counts
+    from utils.pretokenize import split_chunks
     chunks = [list(c.encode("utf-8")) for c in split_chunks(text)]
     merges = {}
     for i in range(n_merges):
@@ -371,7 +373,7 @@ def train_bpe(text, n_merges):
 def _train_with(*, split=True, tie=True, first_id=256, recount=True, stop=True):
     from collections import Counter
 
-    from utils.tokenizers import split_chunks
+    from utils.pretokenize import split_chunks
 
     def train(text, n_merges):
         pieces = split_chunks(text) if split else [text]
@@ -396,7 +398,7 @@ def _train_with(*, split=True, tie=True, first_id=256, recount=True, stop=True):
 
 
 def test_train_bpe_accepts_solution_library_and_stub_not_attempted():
-    from utils.tokenizers import train_bpe_naive
+    from utils.bpe import train_bpe_naive
     assert_accepts(check.train_bpe, train_bpe)
     assert_accepts(check.train_bpe, train_bpe_naive)
     assert_accepts(check.train_bpe, _train_with())
@@ -430,11 +432,11 @@ def test_train_bpe_rejects_a_list_of_pairs():
 
 def test_pair_counts_rejects_an_answer_right_only_on_the_first_case():
     assert_rejects(check.get_pair_counts, right_on_first_call_only(
-        tokenizers.get_pair_counts, lambda ids: {}))
+        bpe.get_pair_counts, lambda ids: {}))
 
 
 def test_merge_rejects_an_answer_right_only_on_the_first_case():
-    assert_rejects(check.merge, right_on_first_call_only(tokenizers.merge, lambda ids, pair, new: ids))
+    assert_rejects(check.merge, right_on_first_call_only(bpe.merge, lambda ids, pair, new: ids))
 
 
 def test_bytes_per_token_rejects_an_answer_right_only_on_the_first_case():
@@ -454,7 +456,7 @@ def test_train_bpe_rejects_an_answer_right_only_on_the_first_case():
 def test_id_lists_of_floats_are_rejected():
     # 9.0 == 9 in Python, so a comparison of lists alone would accept float ids
     assert "int" in assert_rejects(
-        check.merge, lambda ids, pair, new: [float(i) for i in tokenizers.merge(ids, pair, new)])
+        check.merge, lambda ids, pair, new: [float(i) for i in bpe.merge(ids, pair, new)])
     assert "int" in assert_rejects(
         check.encode_chunk, lambda ids, merges: [float(i) for i in encode_chunk(ids, merges)])
     assert "int" in assert_rejects(

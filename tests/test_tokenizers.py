@@ -1,21 +1,18 @@
-"""Unit and property tests of utils/tokenizers.py."""
+"""Unit and property tests of the tokenizers: utils/pretokenize.py, utils/tokenizers.py,
+utils/bpe.py and utils/bpe_tokenizer.py."""
 
+from collections import Counter
 from itertools import pairwise
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from utils.bpe import get_pair_counts, merge, train_bpe_fast, train_bpe_naive
+from utils.bpe_tokenizer import BPETokenizer
 from utils.data import load_corpus, train_val_split
-from utils.tokenizers import (
-    BPETokenizer,
-    CharTokenizer,
-    WordTokenizer,
-    get_pair_counts,
-    merge,
-    split_chunks,
-    train_bpe_naive,
-)
+from utils.pretokenize import split_chunks
+from utils.tokenizers import CharTokenizer, WordTokenizer
 
 # Hypothesis' default text strategy leaves out surrogates; allow every code point here.
 any_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=60)
@@ -96,6 +93,21 @@ def test_fast_equals_naive_on_tiny_texts_with_many_ties(text, n_merges):
     tok = BPETokenizer()
     tok.train(text, vocab_size=256 + n_merges)
     assert tok.merges == train_bpe_naive(text, n_merges)
+
+
+@given(st.lists(st.sampled_from(["ab", " ab", "ba", " c", "cc", "a", "\n"]), max_size=30),
+       st.integers(0, 8))
+def test_fast_trainer_on_chunk_counts_equals_naive_on_the_text(pieces, n_merges):
+    text = "".join(pieces)
+    assert train_bpe_fast(Counter(split_chunks(text)), n_merges) == train_bpe_naive(text, n_merges)
+
+
+def test_ties_go_to_the_smallest_pair_of_ids():
+    # 'ab', ' c' and 'cd' occur twice each: ' c' = (32, 99) has the smallest ids; the largest
+    # pair, (99, 100), or the first one met, (97, 98), would be the other fixed rules.
+    for train in (train_bpe_naive, lambda text, n: train_bpe_fast(Counter(split_chunks(text)), n)):
+        assert train("ab ab cd cd", 1) == {(32, 99): 256}
+        assert train("cd cd ab ab", 1) == {(32, 97): 256}   # now ' a' is the smallest
 
 
 def test_training_stops_when_nothing_is_left_to_merge():

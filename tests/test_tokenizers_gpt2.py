@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from utils.bpe_tokenizer import BPETokenizer
 from utils.data import load_corpus, train_val_split
 from utils.gpt2_vocab import load_gpt2_vocab
-from utils.tokenizers import BPETokenizer, bytes_to_unicode, split_chunks
+from utils.pretokenize import bytes_to_unicode, split_chunks
 
 hf = pytest.importorskip("tokenizers")  # pinned in requirements.txt; installed by `make test`
 
@@ -67,6 +68,41 @@ mixed_text = st.text(alphabet=st.characters(exclude_categories=("Cn", "Cs"), max
 @given(mixed_text)
 def test_chunks_equal_gpt2_pattern_on_random_text(text):
     assert split_chunks(text) == hf_pieces(text)
+
+
+# -- training: ties go to the smallest pair, as in Hugging Face's BpeTrainer ------------------
+def hf_trained_merges(text, n_merges):
+    """The merges Hugging Face's byte-level BpeTrainer learns from `text`, as pairs of bytes."""
+    tok = hf.Tokenizer(hf.models.BPE())
+    tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = hf.trainers.BpeTrainer(vocab_size=256 + n_merges, show_progress=False,
+                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer=trainer)
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return [tuple(bytes(byte_of[ch] for ch in piece) for piece in pair) for pair in merges]
+
+
+def our_trained_merges(text, n_merges):
+    tok = BPETokenizer()
+    tok.train(text, vocab_size=256 + n_merges)
+    return [(tok.vocab[a], tok.vocab[b]) for a, b in tok.merges]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="abc,!", max_size=50), st.integers(1, 10))
+def test_ties_are_broken_as_hugging_face_does_where_the_byte_ids_agree(text, n_merges):
+    """Printable ASCII bytes are numbered alike in both libraries (Hugging Face sorts its byte
+    alphabet by the printable stand-ins, which are these bytes themselves), so with texts full
+    of ties the same rule, the smallest pair of ids, gives the same merges in the same order."""
+    assert our_trained_merges(text, n_merges) == hf_trained_merges(text, n_merges)
+
+
+def test_ties_involving_a_space_are_broken_differently():
+    """The space byte is our id 32 but Hugging Face's 'Ġ' sorts after the letters: in
+    "ab ab cd cd" the pairs 'ab', ' c' and 'cd' tie; we merge ' c' first, they merge 'ab'."""
+    assert our_trained_merges("ab ab cd cd", 2) == [(b" ", b"c"), (b"a", b"b")]
+    assert hf_trained_merges("ab ab cd cd", 2) == [(b"a", b"b"), (b"c", b"d")]
 
 
 # -- vocab.json + merges.txt from Hugging Face ---------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from utils.bpe_tokenizer import BPETokenizer
 from utils.data import load_corpus, train_val_split
-from utils.tokenizers import BPETokenizer
 
 EOT = "<|endoftext|>"
 
@@ -85,7 +85,7 @@ def test_ids_come_before_the_stream_ends(tok):
 # Run in a fresh process, so that its peak memory is the streaming's alone.
 MEASURE = """
 import resource, sys
-from utils.tokenizers import BPETokenizer
+from utils.bpe_tokenizer import BPETokenizer
 
 tok = BPETokenizer.load(sys.argv[1])
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.tokenizers import BPETokenizer, Pair, bytes_to_unicode
+from utils.bpe import Pair
+from utils.bpe_tokenizer import BPETokenizer
+from utils.pretokenize import bytes_to_unicode
 
 
 def load_gpt2_vocab(vocab_path: str | Path, merges_path: str | Path) -> BPETokenizer:

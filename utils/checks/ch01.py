@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.bpe import get_pair_counts as _pair_counts
+from utils.bpe import merge as _merge
 from utils.checks.grading import (
     Hint,
     compare_with_reference,
@@ -17,9 +19,7 @@ from utils.checks.grading import (
     require_value,
     seeded_cases,
 )
-from utils.tokenizers import get_pair_counts as _pair_counts
-from utils.tokenizers import merge as _merge
-from utils.tokenizers import split_chunks
+from utils.pretokenize import split_chunks
 
 # Exercise 4 encodes HAND_TEXT by hand with these merges (id: the pair it replaces).
 HAND_TEXT = "the tree"
@@ -315,8 +315,8 @@ def hand_encoding(answer):
 def _corpus_merges(n_merges: int) -> dict[tuple[int, int], int]:
     """Merges learned by the library on the start of the corpus: real pairs, ids >= 256,
     later merges built from earlier ones."""
+    from utils.bpe import train_bpe_naive
     from utils.data import load_corpus
-    from utils.tokenizers import train_bpe_naive
 
     return train_bpe_naive(load_corpus()[:20_000], n_merges)
 
@@ -415,7 +415,7 @@ def encode_chunk(fn):
 
 
 def _train_reference(text: str, n_merges: int) -> dict[tuple[int, int], int]:
-    from utils.tokenizers import train_bpe_naive
+    from utils.bpe import train_bpe_naive
 
     return train_bpe_naive(text, n_merges)
 
@@ -458,7 +458,7 @@ def _train_mistake(got, expected, text, n_merges) -> str | None:
         whole = [_merge(c, pair, 256 + i) for c in whole]
     if merges_whole != expected and list(got.items()) == list(merges_whole.items()):
         return ("pairs were counted across chunk boundaries: pre-split the text with "
-                "tokenizers.split_chunks and count pairs inside each chunk only")
+                "split_chunks and count pairs inside each chunk only")
     # Replay the right training up to the first merge that differs: was it a tie?
     got_items, expected_items = list(got.items()), list(expected.items())
     n = next((i for i, (g, e) in enumerate(zip(got_items, expected_items, strict=False))
@@ -502,4 +502,4 @@ def train_bpe(fn):
     cases += seeded_cases(random_slice, n=8, seed=16)
     compare_with_reference(fn, _train_reference, cases, _compare_merges, name="train_bpe",
                            diagnose=_train_mistake)
-    return "The same merges, in the same order, as tokenizers.train_bpe_naive."
+    return "The same merges, in the same order, as utils.bpe.train_bpe_naive."

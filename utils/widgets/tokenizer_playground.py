@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from utils.bpe_tokenizer import BPETokenizer, pretrained_bpe
 from utils.data import load_corpus, train_val_split
-from utils.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, pretrained_bpe
+from utils.tokenizers import CharTokenizer, WordTokenizer
 from utils.widgets.display import (
     CannotShow,
     cap_text,
