@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.attention import MultiHeadAttention
-from utils.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from utils.encoder import EncoderDecoderConfig
+from utils.encoder_decoder import EncoderDecoder
 from utils.masks import causal_mask, sliding_window_mask
 from utils.model import GPT, GPTConfig
 
