@@ -4,6 +4,7 @@
     adamw_step(p, g, m, v, step, ...)   one AdamW update of one tensor, as plain arithmetic
     AdamW                               the same rule as a torch.optim.Optimizer
     lr_at(step, ...)                    linear warm-up, then cosine decay to a floor
+    clip_grad_norm(params, max_norm)    scale all gradients so their global L2 norm <= max_norm
     configure_adamw(model, ...)         torch.optim.AdamW with decay on matrices only
 
 The trainer uses PyTorch's own `torch.optim.AdamW` (fused into one kernel on CUDA);
@@ -19,6 +20,8 @@ the fast one computes.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -88,6 +91,11 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int,
     Warm-up: rises linearly so that update 0 uses max_lr / warmup_steps and update
     warmup_steps - 1 uses the full max_lr (Adam's first steps are large and noisy while its
     averages fill up; small steps then keep them from knocking a fresh model off course).
+    This is `max_lr * (step + 1) / warmup_steps`, deliberately: the common
+    `max_lr * step / warmup_steps` (nanoGPT's first version, transformers'
+    get_cosine_schedule_with_warmup) gives update 0 a learning rate of exactly 0, a step
+    that computes a whole forward and backward pass and changes nothing, and reaches max_lr
+    only at update warmup_steps. Here every update moves the weights.
     Then a cosine from max_lr at step warmup_steps down to min_lr at step total_steps,
     and min_lr after that.
 
@@ -100,6 +108,62 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int,
         return min_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)   # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def clip_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor,
+                   max_norm: float) -> torch.Tensor:
+    """Scale all gradients together so that their global L2 norm is at most `max_norm`;
+    return the norm they had before (a float32 scalar tensor).
+
+    The global norm treats every gradient of the model as one long vector: the square root of
+    the sum of every squared entry of every tensor. Multiplying all of them by
+    max_norm / norm when the norm is larger keeps the direction of the step and bounds its
+    length, so one bad batch cannot throw the weights far away. Same numbers as
+    `torch.nn.utils.clip_grad_norm_`, its 1e-6 included (it keeps a zero norm from dividing
+    by zero); parameters without a gradient are skipped.
+
+    A non-finite norm (an inf or nan in some gradient) is returned as it is and the gradients
+    are left untouched. Scaling by max_norm / inf = 0 would turn each inf into a nan (0 * inf)
+    and every finite entry into 0, hiding where it came from; torch's version does that.
+    Under float16 loss scaling an inf is expected now and then (the GradScaler skips that
+    step and lowers its scale); without it the caller should stop: the trainer raises.
+
+    Under FSDP each rank holds one piece of each gradient (a DTensor): the squares of the
+    pieces add up over the ranks, so one all-reduce of this rank's sum gives the total.
+
+    >>> w = torch.zeros(2, requires_grad=True); w.grad = torch.tensor([3.0, 4.0])
+    >>> clip_grad_norm([w], max_norm=1.0).item(), [round(g, 4) for g in w.grad.tolist()]
+    (5.0, [0.6, 0.8])
+    """
+    if not max_norm > 0:   # a negative max_norm would flip the gradients; nan is no bound
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    device = grads[0].device
+    squares = [g.detach().float().pow(2).sum() for g in grads]
+    sharded = [s for s in squares if _is_dtensor(s)]
+    total = torch.zeros((), device=device)
+    for s in squares:
+        if not _is_dtensor(s):
+            total += s.to(device)
+    if sharded:   # this rank's pieces, added as DTensors: full_tensor() sums over the ranks
+        total += sum(sharded[1:], start=sharded[0]).full_tensor().to(device)
+    norm = total.sqrt()
+    # where() rather than `if`: no wait for the GPU to say whether the norm is finite
+    scale = torch.where(norm.isfinite(), (max_norm / (norm + 1e-6)).clamp(max=1.0), 1.0)
+    for g in grads:
+        g.mul_(scale.to(g.device, g.dtype))
+    return norm
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    """Is `t` a DTensor (FSDP's sharded tensor)? One can exist only once its module has been
+    imported, so this never imports it (that alone takes about a second)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
