@@ -1,10 +1,12 @@
-"""The trainer under torchrun: two CPU processes (gloo) must finish, end with identical
-parameters on both ranks, and match one process that sees the same global batch."""
+"""The trainer under torchrun: two CPU processes (gloo) with each `--shard` (DDP, ZeRO-1,
+FSDP2) must finish, end with identical weights on both ranks, and match one process that sees
+the same global batch, weights and optimizer state (the checkpoint's) alike."""
 
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from utils.paths import REPO_ROOT
@@ -23,38 +25,76 @@ FLAGS = ["--preset", "tiny", "--device", "cpu", "--max-steps", "6", "--eval-inte
          "--dropout", "0.0", "--no-progress"]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+def _run(tmp_path, name, processes, batch_size, *flags):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    out = tmp_path / name
+    out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    ddp_dir.mkdir()
-    single_dir.mkdir()
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable])
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), str(ddp_dir), *FLAGS, "--batch-size", "4", "--out-dir", str(ddp_dir)],
+        [*launch, str(script), str(out), *FLAGS, "--batch-size", str(batch_size),
+         "--out-dir", str(out), *flags],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "(2 process(es))" in run.stdout and run.stdout.count("done: 6 steps") == 1
-    assert (ddp_dir / "checkpoint.pt").exists() and (ddp_dir / "model.safetensors").exists()
+    return out, run.stdout
 
-    single = subprocess.run(
-        [sys.executable, str(script), str(single_dir), *FLAGS, "--batch-size", "8",
-         "--out-dir", str(single_dir)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert single.returncode == 0, single.stderr[-3000:]
 
-    rank0, rank1 = (torch.load(ddp_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    reference = torch.load(single_dir / "rank0.pt", weights_only=True)
-    initial_moved = False
-    for name, tensor in reference.items():
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """One process with the global batch of 8 windows: the run all the others must equal."""
+    out, _ = _run(tmp_path_factory.mktemp("single"), "single", 1, 8)
+    return out
+
+
+def _state(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def assert_close(got, expected, what, atol=1e-5):
+    assert got.keys() == expected.keys(), what
+    for name, tensor in expected.items():
+        if isinstance(tensor, dict):
+            assert_close(got[name], tensor, f"{what} {name}", atol)
+        else:
+            assert torch.allclose(got[name], tensor, atol=atol, rtol=0), (
+                f"{what} {name}: differs by {(got[name] - tensor).abs().max():.2e}")
+
+
+@pytest.mark.parametrize("shard", ["none", "zero1", "fsdp"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, one_process,
+                                                                    shard):
+    out, stdout = _run(tmp_path, shard, 2, 4, "--shard", shard)
+    assert "(2 process(es))" in stdout and stdout.count("done: 6 steps") == 1
+    assert (out / "checkpoint.pt").exists() and (out / "model.safetensors").exists()
+
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    reference = torch.load(one_process / "rank0.pt", weights_only=True)
+    for name in reference:
         assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the ranks"
-        assert torch.allclose(rank0[name], tensor, atol=1e-5, rtol=0), (
-            f"{name}: DDP and single process differ by {(rank0[name] - tensor).abs().max():.2e}")
-    # and training did something (the comparison is not between two untouched models)
+    assert_close(rank0, reference, f"{shard}: final weights")
+    # the checkpoint holds the whole model and the whole AdamW state, as one process saves it
+    saved, expected = _state(out), _state(one_process)
+    assert_close(saved["model"], expected["model"], f"{shard}: checkpoint weights")
+    assert_close(saved["optimizer"]["state"], expected["optimizer"]["state"],
+                 f"{shard}: checkpoint optimizer state")
+    keys = ("params", "lr", "betas", "eps", "weight_decay")
+    assert ([{k: g[k] for k in keys} for g in saved["optimizer"]["param_groups"]]
+            == [{k: g[k] for k in keys} for g in expected["optimizer"]["param_groups"]])
+
+
+def test_the_comparison_can_fail(one_process):
+    # negative control: the untouched model differs from the trained one, and a single
+    # changed moment is caught (so the 1e-5 comparisons above compare something)
     from utils.train_config import preset
     from utils.trainer import build_model
+    reference = torch.load(one_process / "rank0.pt", weights_only=True)
     untouched = build_model(preset("tiny"), vocab_size=reference["embed.token.weight"].shape[0])
-    for name, tensor in untouched.state_dict().items():
-        initial_moved |= not torch.allclose(tensor, reference[name])
-    assert initial_moved
+    with pytest.raises(AssertionError):
+        assert_close(untouched.state_dict(), reference, "untouched")
+    expected = _state(one_process)["optimizer"]["state"]
+    nudged = {i: dict(entry) for i, entry in expected.items()}
+    nudged[0]["exp_avg"] = nudged[0]["exp_avg"] + 1e-4
+    with pytest.raises(AssertionError):
+        assert_close(nudged, expected, "nudged")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import utils.checkpoints as checkpoints
+import utils.parallel as parallel
 import utils.trainer as trainer
 from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.optim import lr_at
@@ -101,6 +102,65 @@ def test_gradient_accumulation_equals_one_big_batch():
         assert torch.allclose(p, q, atol=1e-5)
 
 
+class Exploding(StandIn):
+    """A loss that is infinite from the start: its gradients are inf and nan."""
+
+    def forward(self, idx, targets=None):
+        logits, loss = super().forward(idx, targets)
+        return logits, None if loss is None else loss * float("inf")
+
+
+def test_a_non_finite_gradient_norm_stops_the_run_and_names_the_step():
+    with pytest.raises(FloatingPointError, match="step 0: the gradient norm is nan"):
+        train(Exploding(dropout=0.0), _data(), None, _config(max_steps=3), progress=False)
+
+
+def test_under_float16_loss_scaling_a_non_finite_step_is_skipped_instead():
+    model = Exploding(dropout=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, _data(), None, _config(max_steps=3, dtype="float16"), progress=False)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_the_trainer_clips_with_the_global_norm_of_utils_optim(monkeypatch):
+    # every step's norm goes through utils.optim.clip_grad_norm, with grad_clip as max_norm
+    seen = []
+
+    def recording_clip(params, max_norm):
+        norm = original_clip(params, max_norm)
+        seen.append((max_norm, norm.item()))
+        return norm
+
+    original_clip = trainer.clip_grad_norm
+    monkeypatch.setattr(trainer, "clip_grad_norm", recording_clip)
+    train(StandIn(), _data(), None, _config(max_steps=4, grad_clip=0.05), progress=False)
+    assert [m for m, _ in seen] == [0.05] * 4 and all(n > 0.05 for _, n in seen)
+    seen.clear()
+    train(StandIn(), _data(), None, _config(max_steps=4, grad_clip=0.0), progress=False)
+    assert seen == []   # 0 = no clipping
+
+
+def test_zero1_in_one_process_trains_the_same_model_and_resumes_a_plain_checkpoint(tmp_path):
+    data = _data()
+    plain = train(StandIn(), data, None, _config(max_steps=12), progress=False)
+    zero = train(StandIn(), data, None, _config(max_steps=12, shard="zero1"), progress=False)
+    assert torch.allclose(torch.cat([p.flatten() for p in plain.model.parameters()]),
+                          torch.cat([p.flatten() for p in zero.model.parameters()]), atol=1e-6)
+    path = tmp_path / "ckpt.pt"   # a checkpoint written without sharding, resumed under zero1
+    train(StandIn(), data, None, _config(max_steps=6, decay_steps=12), checkpoint_path=path,
+          progress=False)
+    resumed = train(StandIn(seed=5), data, None, _config(max_steps=12, shard="zero1"),
+                    checkpoint_path=path, resume=True, progress=False)
+    assert torch.allclose(torch.cat([p.flatten() for p in plain.model.parameters()]),
+                          torch.cat([p.flatten() for p in resumed.model.parameters()]),
+                          atol=1e-6)
+
+
+def test_an_unknown_shard_is_refused():
+    with pytest.raises(ValueError, match="shard must be none, zero1 or fsdp"):
+        _config(shard="zero3")
+
+
 def test_same_seed_same_weights_different_seed_different_weights():
     data = _data()
     a = train(StandIn(), data, None, _config(max_steps=6), progress=False).model
@@ -170,8 +230,8 @@ def test_every_step_uses_and_logs_lr_at_of_that_step(monkeypatch):
         optimizer.step = step_and_record
         return optimizer
 
-    configure = trainer.configure_adamw
-    monkeypatch.setattr(trainer, "configure_adamw", recording_adamw)
+    configure = parallel.configure_adamw   # where the trainer's optimizer is built
+    monkeypatch.setattr(parallel, "configure_adamw", recording_adamw)
     config = _config(max_steps=30, log_interval=1)
     history = train(StandIn(), _data(), None, config, progress=False).history
     expected = [lr_at(s, config.lr, config.warmup_steps, config.max_steps, config.min_lr)

@@ -58,6 +58,10 @@ class TrainConfig:
                                "CUDA GPU with native bf16, float16 (loss-scaled) on an older "
                                "CUDA GPU, float32 elsewhere")
     compile: bool = _flag(False, "torch.compile the model (faster on GPUs after a warm-up)")
+    shard: str = _flag("none", "how several torchrun processes split the model: none (DDP: "
+                               "each holds everything), zero1 (AdamW moments split, "
+                               "utils.zero), fsdp (weights, gradients and moments split, "
+                               "FSDP2); see utils.parallel")
     seed: int = _flag(1337, "seed of the initial weights, the data order and dropout")
 
     def __post_init__(self) -> None:
@@ -69,6 +73,8 @@ class TrainConfig:
         for name in ("max_steps", "warmup_steps", "decay_steps", "checkpoint_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.shard not in ("none", "zero1", "fsdp"):
+            raise ValueError(f"TrainConfig.shard must be none, zero1 or fsdp, got {self.shard!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"TrainConfig.dtype must be auto, float32, bfloat16 or float16, "
                              f"got {self.dtype!r}")

@@ -7,14 +7,14 @@ One loop trains any model whose `forward(idx, targets)` returns `(logits, loss)`
         x, y = batch_for_step(step)                 # random windows, targets shifted by one
         loss = model(x, y)[1] / grad_accum_steps    # (several micro-batches per step)
         loss.backward()
-        clip_grad_norm_(..., grad_clip)
+        clip_grad_norm(..., grad_clip)              # utils.optim: one global norm
         optimizer.step(); optimizer.zero_grad()
         every eval_interval: estimate train/val loss, save a checkpoint
 
 and around it what a real run needs: device and precision (bf16 autocast and TF32 on CUDA),
 gradient accumulation, optional torch.compile, a tqdm progress bar, callbacks for live
-plots, checkpoints written atomically and exactly resumable, and several processes with
-DistributedDataParallel under `torchrun`.
+plots, checkpoints written atomically and exactly resumable, and several processes under
+`torchrun`: DDP, ZeRO-1 or FSDP (`TrainConfig.shard`, see `utils.parallel`).
 
 Budgets are counted in **steps**, never in seconds, so the same command gives the same
 model on any machine. Every random draw of step s (its data windows and its dropout masks)
@@ -48,7 +48,8 @@ from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.data import get_batch
 from utils.device import get_device
 from utils.distributed import process_rank, world_size
-from utils.optim import configure_adamw, lr_at
+from utils.optim import clip_grad_norm, lr_at
+from utils.parallel import Parallel
 from utils.train_config import TrainConfig
 
 # --------------------------------------------------------------------------- the result
@@ -239,34 +240,36 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
                     decay_steps is given (a printed line says which)
     progress        show a tqdm progress bar
 
-    Under `torchrun` (torch.distributed initialised) the model is wrapped in
-    DistributedDataParallel; each process gets its own rows of every global batch.
+    Under `torchrun` (torch.distributed initialised) each process gets its own rows of
+    every global batch, and config.shard says how the processes split the model
+    (`utils.parallel`: DDP, ZeRO-1 or FSDP). Under FSDP `model` stays whole on the CPU and
+    receives the trained weights at every checkpoint and at the end.
+
+    A gradient norm that is not finite stops the run with FloatingPointError (the last
+    checkpoint holds the weights before it), except under float16 loss scaling, where the
+    GradScaler skips that step and lowers its scale.
     """
     device = resolve_device(config)
     amp_dtype = autocast_dtype(config, device)
-    rank, world = process_rank(), world_size()
+    rank = process_rank()
     train_data = torch.as_tensor(train_data, dtype=torch.long)
     val_data = None if val_data is None else torch.as_tensor(val_data, dtype=torch.long)
-    model.to(device)
-    optimizer = configure_adamw(model, config.lr, config.weight_decay,
-                                (config.beta1, config.beta2), device_type=device.type)
-    history, start_step = empty_history(), 0
+    history, start_step, state = empty_history(), 0, None
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=device)
         _check_resumable(state, config, checkpoint_path)
         config = _resumed_schedule(state["train_config"], config, state["step"], rank)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         history, start_step = state["history"], state["step"]
 
-    # The module the loop calls: maybe compiled, maybe wrapped for several processes.
-    # Checkpoints always save the plain `model`, so they load anywhere.
-    runner: nn.Module = torch.compile(model) if config.compile else model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type ==
-                                         "cuda" else None)
+    # The module the loop calls (maybe compiled, maybe wrapped or sharded for several
+    # processes) and its optimizer. Checkpoints always save the whole model, so they load
+    # anywhere.
+    spread = Parallel(model, config, device)
+    runner, optimizer = spread.runner, spread.optimizer
+    if state is not None:
+        spread.load_optimizer_state(state["optimizer"])
     # float16 overflows without loss scaling; bfloat16 and float32 do not need it.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -274,11 +277,12 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     bar = _progress_bar(start_step, config.max_steps, progress and rank == 0)
     decay_end = config.decay_steps or config.max_steps
     start_time = time.perf_counter()
-    model.train()
+    runner.train()
 
     def evaluate(step: int) -> None:
-        train_loss = estimate_loss(model, train_data, config, device, amp_dtype)
-        val_loss = (estimate_loss(model, val_data, config, device, amp_dtype)
+        scored = spread.evaluated
+        train_loss = estimate_loss(scored, train_data, config, device, amp_dtype)
+        val_loss = (estimate_loss(scored, val_data, config, device, amp_dtype)
                     if val_data is not None else math.nan)
         history["eval_step"].append(step)
         history["train"].append(train_loss)
@@ -298,11 +302,9 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
             step_loss = 0.0
             for micro in range(config.grad_accum_steps):
                 x, y = batch_for_step(train_data, config, step, micro, device)
-                last = micro == config.grad_accum_steps - 1
-                # DDP averages gradients across processes after every backward; between
-                # micro-batches that would be wasted traffic, so only sync on the last one.
-                sync = runner.no_sync() if world > 1 and not last else contextlib.nullcontext()
-                with sync:
+                # Gradients are averaged across processes after a backward; between the
+                # micro-batches of one step that would be wasted traffic: only on the last.
+                with spread.gradient_sync(micro == config.grad_accum_steps - 1):
                     with _autocast(device, amp_dtype):
                         _, loss = runner(x, y)
                     # the mean over the micro-batches, not the sum, so lr means the same thing
@@ -310,8 +312,12 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
                     scaler.scale(loss / config.grad_accum_steps).backward()
                 step_loss += loss.item() / config.grad_accum_steps
             if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
+                norm = clip_grad_norm(spread.parameters, config.grad_clip)
+                if not scaler.is_enabled() and not torch.isfinite(norm):
+                    raise FloatingPointError(
+                        f"step {step}: the gradient norm is {norm.item()}, so this update "
+                        f"would break the weights; the run diverged (try a lower lr)")
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -327,11 +333,14 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
             if done % config.eval_interval == 0 or done == config.max_steps:
                 evaluate(done)
             every = config.checkpoint_interval or config.eval_interval
-            if checkpoint_path is not None and rank == 0 and (done % every == 0
-                                                              or done == config.max_steps):
-                save_checkpoint(checkpoint_path, model, optimizer, done, config, history)
+            if checkpoint_path is not None and (done % every == 0 or done == config.max_steps):
+                whole_model, whole_optimizer = spread.whole()   # every rank: it may gather
+                if rank == 0:
+                    save_checkpoint(checkpoint_path, whole_model, whole_optimizer, done,
+                                    config, history)
         if bar is not None:
             _close_progress_bar(bar)
+    spread.gather_weights()   # FSDP: the trained weights into the whole `model`
     model.eval()
     _notify(callbacks, {"event": "end", "step": config.max_steps, "history": history})
     return TrainResult(model, history, config.max_steps, time.perf_counter() - start_time,
@@ -339,10 +348,11 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
 
 
 # Fields that may change between a run and its resumption. All but two leave what each step
-# computes as it was; max_steps and decay_steps move where the cosine ends, so
-# `_resumed_schedule` keeps the saved decay length unless decay_steps asks for a new one.
+# computes as it was (a checkpoint holds the whole state, whichever `shard` wrote it);
+# max_steps and decay_steps move where the cosine ends, so `_resumed_schedule` keeps the
+# saved decay length unless decay_steps asks for a new one.
 _RESUME_MAY_DIFFER = {"max_steps", "decay_steps", "eval_interval", "eval_batches",
-                      "log_interval", "checkpoint_interval", "device", "compile"}
+                      "log_interval", "checkpoint_interval", "device", "compile", "shard"}
 
 
 def _resumed_schedule(saved: dict[str, Any], config: TrainConfig, step: int,
