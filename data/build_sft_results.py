@@ -7,7 +7,7 @@ longer and records what happened, so the chapter can show the numbers without tr
 minutes. Nothing is saved but the record: no weights.
 
 The recipe (the same as the chapter's): the shipped checkpoint, the three special tokens
-added with `utils.finetune.add_special_tokens`, AdamW (lr LR, no weight decay), batches of
+added with `utils.instructions.add_special_tokens`, AdamW (lr LR, no weight decay), batches of
 BATCH_SIZE training instructions from `instruction_batches` (seed SEED), loss on response
 tokens only (`masked_lm_loss`). Every EVAL_EVERY steps, greedy answers to all held-out
 instructions are scored by exact match (`evaluate_instructions`).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from utils.device import set_seed  # noqa: E402
-from utils.finetune import (  # noqa: E402
+from utils.instructions import (  # noqa: E402
     add_special_tokens,
     evaluate_instructions,
     instruction_batches,

@@ -11,7 +11,7 @@ from tests.grading import (
     stub,
     verdict,
 )
-from utils import finetune, lora
+from utils import instructions, lora
 from utils.checks import ch10 as check
 from utils.model import GPT, GPTConfig
 
@@ -265,10 +265,10 @@ def test_response_loss_rejects_classic_mistakes():
 def test_response_loss_reference_uses_the_library_collation():
     """The grader's reference agrees with collate + masked_lm_loss on a batch built by hand."""
     examples = [([5, 6, 7, 8, 9], 2), ([1, 2, 3], 1)]
-    x, y = finetune.collate(examples, pad_id=0)
+    x, y = instructions.collate(examples, pad_id=0)
     logits = torch.randn(2, 5, 12)
     ids = torch.tensor([[5, 6, 7, 8, 9], [1, 2, 3, 0, 0]])
-    expected = finetune.masked_lm_loss(logits[:, :-1], y)
+    expected = instructions.masked_lm_loss(logits[:, :-1], y)
     assert torch.allclose(check.reference_response_loss(logits, ids, [2, 1], [5, 3]), expected)
     assert torch.allclose(response_loss(logits, ids, [2, 1], [5, 3]), expected)
 

@@ -1,4 +1,5 @@
-"""utils.finetune: special tokens, prompt masking, sequence scores, DPO, answers, shipped data."""
+"""Chapter 10's fine-tuning data and losses: utils/instructions.py (special tokens, prompt
+masking, answers) and utils/preferences.py (sequence scores, DPO), and the shipped data."""
 
 import copy
 import json
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.finetune import (
+from utils.instructions import (
     END,
     IGNORE_INDEX,
     INSTRUCTION,
@@ -17,27 +18,29 @@ from utils.finetune import (
     UNFINISHED,
     ChatTokenizer,
     Instruction,
-    Preference,
     add_special_tokens,
     answer,
     collate,
-    collate_preferences,
-    dpo_loss,
     encode_example,
-    encode_pair,
     evaluate_instructions,
     exact_match,
     format_prompt,
     instruction_batches,
     load_instructions,
-    load_preferences,
     masked_lm_loss,
-    preference_logprobs,
     respond,
-    sequence_logprob,
 )
 from utils.model import GPT, GPTConfig
 from utils.paths import DATA_DIR
+from utils.preferences import (
+    Preference,
+    collate_preferences,
+    dpo_loss,
+    encode_pair,
+    load_preferences,
+    preference_logprobs,
+    sequence_logprob,
+)
 from utils.tokenizers import CharTokenizer
 
 ALPHABET = "abcdefgh ?\n"
@@ -351,13 +354,13 @@ def test_loading_reports_a_bad_split_and_a_bad_line(tmp_path, monkeypatch):
     bad = tmp_path / "instructions.jsonl"
     bad.write_text('{"task": "x", "instruction": "a", "response": "b", "split": "train"}\n'
                    '{"task": "x"}\n')
-    monkeypatch.setattr("utils.finetune.INSTRUCTIONS_FILE", bad)
+    monkeypatch.setattr("utils.instructions.INSTRUCTIONS_FILE", bad)
     with pytest.raises(ValueError, match="line 2"):
         load_instructions()
 
 
 def test_majority_baseline_scores_each_tasks_commonest_answer():
-    from utils.finetune import Instruction, majority_baseline
+    from utils.instructions import majority_baseline
     make = lambda task, response: Instruction(task, "?", response, "train")  # noqa: E731
     train = [make("play", "Hamlet"), make("play", "Hamlet"), make("play", "Lear"),
              make("speaker", "Kent")]

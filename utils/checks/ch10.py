@@ -2,8 +2,8 @@
 
 Weights follow `nn.Linear`: a layer's weight is [out_features, in_features] and it computes
 x Wᵀ + b. A LoRA adapter of rank r has A [r, in] and B [out, r]. Each grader compares the
-learner's function with the library's (`utils.lora`, `utils.finetune`) on hand-picked inputs
-aimed at known mistakes and on seeded random ones.
+learner's function with the library's (`utils.lora`, `utils.instructions`,
+`utils.preferences`) on hand-picked inputs aimed at known mistakes and on seeded random ones.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import finetune, lora
+from utils import instructions, lora, preferences
 from utils.checks.grading import (
     Hint,
     compare_with_reference,
@@ -287,10 +287,10 @@ def reference_response_loss(logits, ids, prompt_lengths, lengths):
     library's masked loss."""
     examples = [(row[:n].tolist(), p)
                 for row, p, n in zip(ids, prompt_lengths, lengths, strict=True)]
-    _, y = finetune.collate(examples, pad_id=0)
+    _, y = instructions.collate(examples, pad_id=0)
     width = ids.size(1) - 1
-    y = F.pad(y, (0, width - y.size(1)), value=finetune.IGNORE_INDEX)
-    return finetune.masked_lm_loss(logits[:, :-1], y)
+    y = F.pad(y, (0, width - y.size(1)), value=instructions.IGNORE_INDEX)
+    return instructions.masked_lm_loss(logits[:, :-1], y)
 
 
 def _variant_loss(logits, ids, prompt_lengths, lengths, first_offset=0, pad=False, shift=1,
@@ -393,7 +393,7 @@ def response_loss(fn):
 
 
 def reference_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
-    return finetune.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)[0]
+    return preferences.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)[0]
 
 
 def _diagnose_dpo(got, expected, pc, pr, rc, rr, beta) -> str | None:

@@ -1,32 +1,25 @@
-"""Teaching a pretrained model to follow instructions and to prefer better answers (chapter 10).
+"""Instruction tuning: teach a pretrained model to answer requests (chapter 10).
 
-Two steps turn a model that continues text into one that answers requests:
+A model that continues text becomes one that answers by supervised fine-tuning (SFT) on
+examples of an instruction and the response we want, laid out with a fixed *prompt template*:
 
-* **Instruction tuning (SFT, supervised fine-tuning).** Each example is an instruction and
-  the response we want, laid out with a fixed *prompt template*:
+    <|instruction|>Which play is this from?\\n...passage...<|response|>Macbeth<|end|>
+    `-------------------- prompt --------------------------'`-- response --'
 
-      <|instruction|>Which play is this from?\\n...passage...<|response|>Macbeth<|end|>
-      `-------------------- prompt --------------------------'`-- response --'
+The three markers are *special tokens*: new ids after the 76 characters of the shipped model
+(`add_special_tokens` grows its embedding). The model is trained with the usual next-token
+loss, but only on the response: the targets of prompt positions are set to IGNORE_INDEX
+(`collate`), so the loss (`masked_lm_loss`) is the mean over response tokens. The model learns
+to *answer*, not to write more questions. `evaluate_instructions` scores greedy answers by
+exact match, against `majority_baseline`.
 
-  The three markers are *special tokens*: new ids after the 76 characters of the shipped
-  model (`add_special_tokens` grows its embedding). The model is trained with the usual
-  next-token loss, but only on the response: the targets of prompt positions are set to
-  IGNORE_INDEX (`collate`), so the loss (`masked_lm_loss`) is the mean over response tokens.
-  The model learns to *answer*, not to write more questions.
-
-* **Preference tuning (DPO, direct preference optimisation).** Each example is a prompt with
-  a chosen and a rejected response. `sequence_logprob` scores a response under a model, and
-  `dpo_loss` raises the chosen one's log-probability relative to a frozen reference model and
-  lowers the rejected one's, with no reward model and no sampling.
-
-The datasets are built from the corpus by `data/build_instructions.py` and
-`data/build_preferences.py`; `load_instructions` and `load_preferences` read them.
+The dataset is built from the corpus by `data/build_instructions.py`; `load_instructions`
+reads it. Preference tuning (DPO), the step after this one, is in `utils.preferences`.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,7 +41,6 @@ INSTRUCTION, RESPONSE, END = "<|instruction|>", "<|response|>", "<|end|>"
 SPECIAL_TOKENS = (INSTRUCTION, RESPONSE, END)
 
 INSTRUCTIONS_FILE = DATA_DIR / "instructions.jsonl"
-PREFERENCES_FILE = DATA_DIR / "preferences.jsonl"
 
 
 # ---------------------------------------------------------------------------- special tokens
@@ -171,12 +163,6 @@ def encode_example(tokenizer: ChatTokenizer, instruction: str, response: str,
     return prompt + tokenizer.encode(response) + [tokenizer.ids_of(END)], len(prompt)
 
 
-def encode_pair(tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
-    """(ids of prompt + response, length of the prompt) for plain text, no special tokens."""
-    prompt_ids = tokenizer.encode(prompt)
-    return prompt_ids + tokenizer.encode(response), len(prompt_ids)
-
-
 # ----------------------------------------------------------------------------------- batching
 
 def collate(examples: Sequence[tuple[Sequence[int], int]], pad_id: int = 0,
@@ -255,19 +241,6 @@ def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                          "(is the prompt as long as the whole example?)")
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                            ignore_index=IGNORE_INDEX)
-
-
-def sequence_logprob(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p(response | prompt) for each row: the sum of the log-probabilities of the targets
-    that are not IGNORE_INDEX. x, y [B, T] from `collate`; returns [B].
-
-    Gradients flow (DPO trains through it); wrap in torch.no_grad() for a frozen model.
-    """
-    logits, _ = model(x)
-    logp = torch.log_softmax(logits.float(), dim=-1)                          # [B, T, V]
-    keep = y != IGNORE_INDEX
-    picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)        # [B, T]
-    return (picked * keep).sum(dim=-1)
 
 
 # ------------------------------------------------------------------------------------- answers
@@ -355,63 +328,6 @@ def evaluate_instructions(model: nn.Module, tokenizer: ChatTokenizer,
     return scores, answers
 
 
-# ------------------------------------------------------------------------------------------ DPO
-
-def dpo_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tensor,
-             ref_chosen_logp: torch.Tensor, ref_rejected_logp: torch.Tensor, beta: float = 0.1,
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The DPO loss, and the implicit rewards of the chosen and rejected responses.
-
-    Each argument is [B]: log p(response | prompt) summed over the response's tokens, under
-    the model being trained (policy) and under the frozen reference. The implicit reward of a
-    response is how much more likely the policy makes it than the reference did:
-
-        reward = beta * (log pi(response) - log ref(response))
-
-    and the loss asks the chosen reward to beat the rejected one, through a logistic model
-    of the preference (Bradley-Terry):
-
-        loss = -log sigmoid(reward_chosen - reward_rejected),   averaged over the batch
-
-    Rewards are returned detached: they are for monitoring, the loss carries the gradient.
-
-    >>> loss, rc, rr = dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]),
-    ...                         torch.tensor([-6.0]), torch.tensor([-6.0]), beta=0.5)
-    >>> round(loss.item(), 4), rc.item(), rr.item()     # -log sigmoid(0.5 - (-0.5))
-    (0.3133, 0.5, -0.5)
-    """
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or beta <= 0:
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
-    shapes = {tuple(t.shape) for t in (policy_chosen_logp, policy_rejected_logp,
-                                       ref_chosen_logp, ref_rejected_logp)}
-    if len(shapes) != 1:
-        raise ValueError(f"the four log-probabilities must have the same shape [B], got {shapes}")
-    chosen_rewards = beta * (policy_chosen_logp - ref_chosen_logp)
-    rejected_rewards = beta * (policy_rejected_logp - ref_rejected_logp)
-    # logsigmoid(z) = -log(1 + e^-z), computed without overflow for large |z|
-    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
-    return loss, chosen_rewards.detach(), rejected_rewards.detach()
-
-
-def collate_preferences(tokenizer, pairs: Sequence[Preference], device: torch.device | str = "cpu",
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch holding every chosen response (rows 0..B-1), then every rejected one
-    (rows B..2B-1), each after its prompt and with the prompt masked: x, y [2B, L].
-
-    One forward pass then scores both halves (`preference_logprobs`), which is cheaper than
-    two passes on a CPU."""
-    examples = ([encode_pair(tokenizer, p.prompt, p.chosen) for p in pairs]
-                + [encode_pair(tokenizer, p.prompt, p.rejected) for p in pairs])
-    return collate(examples, device=device)
-
-
-def preference_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(chosen), log p(rejected)), each [B], from a `collate_preferences` batch."""
-    logp = sequence_logprob(model, x, y)
-    return logp[: len(logp) // 2], logp[len(logp) // 2:]
-
-
 # ----------------------------------------------------------------------------------- datasets
 
 @dataclass(frozen=True)
@@ -424,18 +340,9 @@ class Instruction:
     split: str         # "train" or "test" (held out)
 
 
-@dataclass(frozen=True)
-class Preference:
-    """One preference example (a line of data/preferences.jsonl)."""
-
-    prompt: str
-    chosen: str
-    rejected: str
-    rule: str          # why `rejected` is worse, e.g. "cut mid-word"
-    split: str         # "train" or "test"
-
-
-def _read_jsonl(path, cls, split: str | None):
+def read_jsonl(path, cls, split: str | None):
+    """The rows of a shipped JSON-lines dataset as `cls` objects (all, or one split); a
+    ValueError names the line that does not fit `cls`."""
     if split not in (None, "train", "test"):
         raise ValueError(f"split must be 'train', 'test' or None (both), got {split!r}")
     if not path.exists():
@@ -456,9 +363,4 @@ def _read_jsonl(path, cls, split: str | None):
 
 def load_instructions(split: str | None = None) -> list[Instruction]:
     """The shipped instruction dataset (all of it, or split="train" / "test")."""
-    return _read_jsonl(INSTRUCTIONS_FILE, Instruction, split)
-
-
-def load_preferences(split: str | None = None) -> list[Preference]:
-    """The shipped preference dataset (all of it, or split="train" / "test")."""
-    return _read_jsonl(PREFERENCES_FILE, Preference, split)
+    return read_jsonl(INSTRUCTIONS_FILE, Instruction, split)
