@@ -25,11 +25,11 @@ FLAGS = ["--preset", "tiny", "--device", "cpu", "--max-steps", "6", "--eval-inte
          "--dropout", "0.0", "--no-progress"]
 
 
-def _run(tmp_path, name, processes, batch_size, *flags):
+def _run(tmp_path, name, processes, batch_size, *flags, exist_ok=False):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out = tmp_path / name
-    out.mkdir()
+    out.mkdir(exist_ok=exist_ok)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable])
@@ -82,6 +82,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
     keys = ("params", "lr", "betas", "eps", "weight_decay")
     assert ([{k: g[k] for k in keys} for g in saved["optimizer"]["param_groups"]]
             == [{k: g[k] for k in keys} for g in expected["optimizer"]["param_groups"]])
+
+
+@pytest.mark.parametrize("shard", ["zero1", "fsdp"])
+def test_two_sharded_processes_resume_a_one_process_checkpoint(tmp_path, one_process, shard):
+    # one process trains 3 of the 6 steps (same schedule), two processes resume it sharded:
+    # each rank cuts its own pieces out of the whole checkpoint, and the end is the same
+    half, _ = _run(tmp_path, "half", 1, 8, "--max-steps", "3", "--decay-steps", "6")
+    out = tmp_path / shard
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((half / "checkpoint.pt").read_bytes())
+    out, stdout = _run(tmp_path, shard, 2, 4, "--shard", shard, "--resume", exist_ok=True)
+    assert "done: 6 steps" in stdout
+    reference = torch.load(one_process / "rank0.pt", weights_only=True)
+    for r in (0, 1):
+        assert_close(torch.load(out / f"rank{r}.pt", weights_only=True), reference,
+                     f"{shard} resumed, rank {r}")
+    assert_close(_state(out)["optimizer"]["state"], _state(one_process)["optimizer"]["state"],
+                 f"{shard} resumed: checkpoint optimizer state")
 
 
 def test_the_comparison_can_fail(one_process):

@@ -183,6 +183,27 @@ def test_resume_in_process_is_exact(tmp_path):
     assert resumed.history == straight.history
 
 
+def test_resume_may_split_the_same_global_batch_differently_but_not_change_it(tmp_path):
+    # a run saved with batches of 16 (one process, or 2 x 8 under torchrun) goes on with
+    # 8 x 2 micro-batches: the same windows every step; batches of 8 would be another run
+    data = _data()
+    straight = train(StandIn(dropout=0.0), data, None, _config(batch_size=16, max_steps=12),
+                     progress=False)
+    path = tmp_path / "ckpt.pt"
+    train(StandIn(dropout=0.0), data, None, _config(batch_size=16, max_steps=6, decay_steps=12),
+          checkpoint_path=path, progress=False)
+    other = tmp_path / "copy.pt"
+    other.write_bytes(path.read_bytes())
+    resumed = train(StandIn(dropout=0.0), data, None,
+                    _config(batch_size=8, grad_accum_steps=2, max_steps=12),
+                    checkpoint_path=path, resume=True, progress=False)
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size: 16 -> 8"):
+        train(StandIn(dropout=0.0), data, None, _config(batch_size=8, max_steps=12),
+              checkpoint_path=other, resume=True, progress=False)
+
+
 def test_resume_refuses_a_checkpoint_trained_differently(tmp_path):
     data, path = _data(), tmp_path / "ckpt.pt"
     train(StandIn(), data, None, _config(max_steps=10), checkpoint_path=path, progress=False)

@@ -61,8 +61,9 @@ class Parallel:
             from torch.nn.parallel import DistributedDataParallel
             self.runner = DistributedDataParallel(
                 self.runner, device_ids=[device.index] if device.type == "cuda" else None)
-        # what clipping and the GradScaler look at: the tensors this process updates
-        self.parameters = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # what clipping adds up, in the model's order (a sum in another order rounds
+        # differently): the tensors this process updates, FSDP's pieces under FSDP
+        self.parameters = list((model if self.sharded is None else self.sharded).parameters())
 
     @property
     def evaluated(self) -> nn.Module:
@@ -83,9 +84,10 @@ class Parallel:
         """Resume from a whole optimizer state (any `shard` may have written it)."""
         if self.sharded is not None:   # cut each whole moment into this process's piece
             from torch.distributed.tensor import distribute_tensor
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]  # ids' order
             pieces = {}
             for i, entry in state["state"].items():
-                p = self.parameters[i]
+                p = params[i]
                 pieces[i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
                              if k != "step" else v for k, v in entry.items()}
             state = {**state, "state": pieces}

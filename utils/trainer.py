@@ -337,7 +337,7 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
                 whole_model, whole_optimizer = spread.whole()   # every rank: it may gather
                 if rank == 0:
                     save_checkpoint(checkpoint_path, whole_model, whole_optimizer, done,
-                                    config, history)
+                                    config, history, extra={"world_size": world_size()})
         if bar is not None:
             _close_progress_bar(bar)
     spread.gather_weights()   # FSDP: the trained weights into the whole `model`
@@ -385,8 +385,15 @@ def _resumed_schedule(saved: dict[str, Any], config: TrainConfig, step: int,
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
     saved = state["train_config"]
+    may_differ = set(_RESUME_MAY_DIFFER)
+    # Another number of processes may resume a run if the global batch is the same: every
+    # step's windows are drawn as one global batch (batch_for_step), however it is split.
+    saved_world = state.get("extra", {}).get("world_size", 1)
+    rows = saved.get("batch_size", 0) * saved.get("grad_accum_steps", 1) * saved_world
+    if rows == config.batch_size * config.grad_accum_steps * world_size():
+        may_differ |= {"batch_size", "grad_accum_steps"}
     differ = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in asdict(config).items()
-              if k in saved and k not in _RESUME_MAY_DIFFER and saved[k] != v]
+              if k in saved and k not in may_differ and saved[k] != v]
     if differ:
         raise ValueError(f"cannot resume from {path}: it was trained with different settings "
                          f"({'; '.join(differ)}). Use the same flags, or a new --out-dir.")

@@ -33,10 +33,17 @@ from utils.distributed import process_rank, world_size
 from utils.optim import adamw_step
 
 
-def _flat(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
-    """The tensors laid end to end as one vector, zero-padded to `length` (a multiple of N)."""
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-    return torch.nn.functional.pad(flat, (0, length - flat.numel()))
+def _piece(tensors: list[torch.Tensor], start: int, size: int) -> torch.Tensor:
+    """Entries start .. start + size of the tensors laid end to end, zero-padded past the
+    end: one rank's slice, cut out without building the whole long vector."""
+    parts, offset = [], 0
+    for t in tensors:
+        lo, hi = max(start, offset), min(start + size, offset + t.numel())
+        if lo < hi:   # this tensor overlaps the slice
+            parts.append(t.detach().reshape(-1)[lo - offset:hi - offset])
+        offset += t.numel()
+    piece = torch.cat(parts) if parts else tensors[0].new_zeros(0)
+    return torch.nn.functional.pad(piece, (0, size - piece.numel()))
 
 
 def _gather(piece: torch.Tensor, world: int) -> torch.Tensor:
@@ -51,9 +58,10 @@ def _gather(piece: torch.Tensor, world: int) -> torch.Tensor:
 class ShardedAdamW(torch.optim.Optimizer):
     """AdamW (`utils.optim.adamw_step`) where each rank keeps and updates one slice.
 
-    Each parameter group is flattened on its own, so lr, betas and weight decay stay per
-    group. A real implementation keeps the weights in one flat buffer all along; this one
-    flattens them every step, which costs a copy but keeps the model's tensors as they are.
+    Each parameter group is laid end to end on its own, so lr, betas and weight decay stay
+    per group. The all-gather lands in a temporary vector as long as the group (4 bytes per
+    parameter, freed after the step); production versions keep the weights as views of one
+    such buffer all along and need no copy, at the price of owning the model's storage.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -65,13 +73,10 @@ class ShardedAdamW(torch.optim.Optimizer):
             numel = sum(p.numel() for p in group["params"])
             size = math.ceil(numel / self.world)          # every rank gets the same length
             like = group["params"][0] if group["params"] else torch.empty(0)
-            self.slices.append({"step": 0, "size": size, "numel": numel,
+            self.slices.append({"step": 0, "size": size,
                                 "exp_avg": like.new_zeros(size, dtype=torch.float32),
                                 "exp_avg_sq": like.new_zeros(size, dtype=torch.float32)})
         self._whole_state = None   # filled by consolidate_state_dict()
-
-    def _mine(self, flat: torch.Tensor, size: int) -> torch.Tensor:
-        return flat[self.rank * size:(self.rank + 1) * size]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -85,11 +90,10 @@ class ShardedAdamW(torch.optim.Optimizer):
             if not all(with_grad):   # a slice spans many tensors: they must step together
                 raise ValueError("ShardedAdamW updates a group's parameters together; some "
                                  "have a gradient and some do not")
-            size, length = mine["size"], mine["size"] * self.world
+            start, size = self.rank * mine["size"], mine["size"]
             mine["step"] += 1
             new_slice, mine["exp_avg"], mine["exp_avg_sq"] = adamw_step(
-                self._mine(_flat(params, length), size),
-                self._mine(_flat([p.grad for p in params], length), size),
+                _piece(params, start, size), _piece([p.grad for p in params], start, size),
                 mine["exp_avg"], mine["exp_avg_sq"], mine["step"], group["lr"],
                 group["betas"], group["eps"], group["weight_decay"])
             whole = _gather(new_slice, self.world)   # everyone's updated slice, everywhere
@@ -142,10 +146,10 @@ class ShardedAdamW(torch.optim.Optimizer):
             entries = [saved.get(i) for i in saved_group["params"]]
             if not any(entries):
                 continue
-            length = mine["size"] * self.world
+            start = self.rank * mine["size"]
             mine["step"] = int(next(e for e in entries if e)["step"])
             for key in ("exp_avg", "exp_avg_sq"):
                 moments = [e[key].to(p.device) if e else torch.zeros_like(p)
                            for e, p in zip(entries, group["params"], strict=True)]
-                mine[key] = self._mine(_flat(moments, length), mine["size"]).float().clone()
+                mine[key] = _piece(moments, start, mine["size"]).float().clone()
         self._whole_state = None
