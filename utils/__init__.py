@@ -7,7 +7,12 @@ Each module is named after what it holds and is introduced by one chapter:
     data             load_corpus(), train_val_split(), get_batch()             (chapter 00)
     sequence_models  the RNN-versus-attention experiments: gradients over
                      distance, recall of the first token, sequential time      (chapter 00)
-    tokenizers       CharTokenizer, WordTokenizer, BPETokenizer, pretrained_bpe (chapter 01)
+    pretokenize      GPT-2's pre-splitting: split_chunks, utf8, bytes_to_unicode (chapter 01)
+    tokenizers       CharTokenizer, WordTokenizer                              (chapter 01)
+    bpe              get_pair_counts, merge, train_bpe_naive, train_bpe_fast
+                     (ties: the smallest pair of ids)                          (chapter 01)
+    bpe_tokenizer    BPETokenizer (special tokens, streaming, save/load),
+                     pretrained_bpe                                            (chapter 01)
     gpt2_vocab       load_gpt2_vocab(): GPT-2 style vocab.json + merges.txt
                      as a BPETokenizer with their own ids                      (chapter 01)
     embeddings       sinusoidal positions, RoPE, ALiBi, TokenPositionEmbedding (chapter 02)
@@ -17,13 +22,17 @@ Each module is named after what it holds and is introduced by one chapter:
                      KVCache                                                   (chapter 08)
     attention_lm     a tiny attention-only language model whose heads we inspect (chapter 04)
     head_analysis    distance profiles, a layer x head grid, head ablation      (chapter 04)
-    model            LayerNorm, RMSNorm, FeedForward, Block, GPTConfig, GPT,
+    layers           layer_norm, rms_norm, LayerNorm, RMSNorm, FeedForward
+                     (GELU tanh/exact, SwiGLU), ffn_hidden_size                (chapter 05)
+    model            GPTConfig (ffn_hidden, rope_theta), Block, GPT,
                      parameter/FLOP counts                                     (chapter 05)
-    hf_convert       load Hugging Face GPT-2 / Llama weights into our GPT      (chapter 05)
+    hf_convert       GPT-2 / Llama / Mistral weights from Hugging Face into
+                     our GPT: gpt_from_hf, gpt_from_hf_pretrained              (chapter 05)
     masks            causal, padding and sliding-window masks, combine_masks,
                      masked_softmax (True = may attend)                        (chapter 06)
-    encoder_decoder  bidirectional Encoder, masked-LM helpers, cross-attention,
-                     EncoderDecoder and the string-reversal toy                (chapter 06)
+    encoder          bidirectional Encoder, MaskedLM, mask_tokens, the corpus
+                     MLM, the loop and cache both toys share                   (chapter 06)
+    encoder_decoder  cross-attention, EncoderDecoder, the string-reversal toy  (chapter 06)
     losses           cross-entropy written out; uniform/unigram/bigram loss lines (chapter 07)
     optim            AdamW from its update rule, lr_at (warm-up + cosine)      (chapter 07)
     distributed      world_size(), process_rank(): which process of a torchrun  (chapter 07)
@@ -50,8 +59,10 @@ Each module is named after what it holds and is introduced by one chapter:
     plays            the corpus as nine plays and their speeches               (chapter 10)
     classification   a classification head on the last position, what to
                      unfreeze, majority and bag-of-characters baselines        (chapter 10)
-    finetune         special tokens and the prompt template, collation with
-                     prompt masking, masked_lm_loss, sequence_logprob, dpo_loss (chapter 10)
+    instructions     special tokens and the prompt template, collation with
+                     prompt masking, masked_lm_loss, answers, majority_baseline (chapter 10)
+    preferences      preference data, sequence_logprob, collate_preferences,
+                     dpo_loss                                                  (chapter 10)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """
