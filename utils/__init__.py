@@ -34,12 +34,17 @@ Each module is named after what it holds and is introduced by one chapter:
                      MLM, the loop and cache both toys share                   (chapter 06)
     encoder_decoder  cross-attention, EncoderDecoder, the string-reversal toy  (chapter 06)
     losses           cross-entropy written out; uniform/unigram/bigram loss lines (chapter 07)
-    optim            AdamW from its update rule, lr_at (warm-up + cosine)      (chapter 07)
+    optim            AdamW from its update rule, lr_at (warm-up + cosine),
+                     clip_grad_norm (one global norm)                          (chapter 07)
+    muon             Muon from its update rule (Newton-Schulz), the block
+                     matrices / AdamW split, configure_muon                    (chapter 07)
+    zero             ShardedAdamW: ZeRO-1, AdamW's moments split over ranks    (chapter 07)
+    parallel         how the trainer spreads a model: DDP, ZeRO-1 or FSDP      (chapter 07)
     distributed      world_size(), process_rank(): which process of a torchrun  (chapter 07)
     train_config     TrainConfig (every setting of a run) and named presets    (chapter 07)
     checkpoints      atomic_save, checksum, save/load_checkpoint (weights only) (chapter 07)
     trainer          the loop: train(), precision (bf16/fp16 + scaler, TF32),
-                     estimate_loss, split_loss, exact resume, DDP              (chapter 07)
+                     estimate_loss, split_loss, exact resume, DDP/ZeRO-1/FSDP   (chapter 07)
     train            the command line: `python -m utils.train --preset ...`    (chapter 07)
     pretrained       trained GPTs as safetensors; load_pretrained(name):
                      "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
