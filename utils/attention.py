@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.layers import HeadRMSNorm
+
 
 def causal_mask(T: int, S: int | None = None, device: torch.device | str | None = None
                 ) -> torch.Tensor:
@@ -160,6 +162,12 @@ class MultiHeadAttention(nn.Module):
     `offset` in `forward` is the position of the first of the T tokens (non-zero when the
     keys of earlier tokens are cached, chapter 09). Values are never rotated.
 
+    `qk_norm=True` (the speedruns' QK-norm): each head's query and key vectors are divided by
+    their root mean square (`utils.layers.HeadRMSNorm`, no parameters) before the rotation,
+    so a score can never exceed sqrt(d_head) and no head's softmax saturates however large
+    the weights grow; that tolerates a bigger learning rate. The cache then holds normalised
+    keys. `q_norm` and `k_norm` are the two modules (hook them to see the vectors).
+
     >>> mha = MultiHeadAttention(d_model=16, n_heads=4, n_kv_heads=2)
     >>> out, w = mha(torch.randn(2, 5, 16), is_causal=True, need_weights=True)
     >>> out.shape, w.shape
@@ -168,7 +176,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None,
                  dropout: float = 0.0, bias: bool = True, use_sdpa: bool = False,
-                 rope: nn.Module | None = None) -> None:
+                 rope: nn.Module | None = None, qk_norm: bool = False) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads:
@@ -183,6 +191,8 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=bias)  # W_O: mixes the heads' outputs
         self.attn_drop, self.resid_drop = nn.Dropout(dropout), nn.Dropout(dropout)
         self.rope = rope  # may be shared by every layer: it only holds cos/sin tables
+        self.q_norm = HeadRMSNorm() if qk_norm else None
+        self.k_norm = HeadRMSNorm() if qk_norm else None
 
     def _project(self, x: torch.Tensor, context: torch.Tensor | None):
         sizes = [self.n_heads * self.d_head, self.n_kv_heads * self.d_head,
@@ -204,6 +214,8 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(q, self.n_heads)                    # [B, h, T, d_head]
         k = split_heads(k, self.n_kv_heads)                 # [B, h_kv, S, d_head]
         v = split_heads(v, self.n_kv_heads)
+        if self.q_norm is not None:                         # QK-norm: unit RMS per head
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:                           # position enters through rotation
             q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:                               # prepend the earlier tokens' K, V

@@ -7,7 +7,10 @@ compares:
 * normalisation: LayerNorm (GPT-2: subtract the mean, divide by the standard deviation,
   scale and shift) and RMSNorm (Llama: divide by the root mean square, scale);
 * feed-forward: a GELU network 4x wide (GPT-2's tanh approximation, or the exact erf form
-  that PyTorch and BERT use) and Llama's gated SwiGLU network, about 8/3x wide.
+  that PyTorch and BERT use), the speedruns' ReLU² network (also 4x wide) and Llama's gated
+  SwiGLU network, about 8/3x wide.
+
+`HeadRMSNorm` is RMSNorm without a gain, for QK-norm inside attention (`utils/attention.py`).
 
 `layer_norm` and `rms_norm` are the formulas written out; `LayerNorm` and `RMSNorm` are the
 modules the model uses.
@@ -95,19 +98,38 @@ class RMSNorm(nn.Module):
         return self.weight * rms_norm(x.float(), eps=self.eps).to(x.dtype)
 
 
+class HeadRMSNorm(nn.Module):
+    """RMS-normalise the last dimension, with no parameters: QK-norm's normaliser.
+
+    Applied to each head's queries and keys ([B, heads, T, d_head]): every vector gets unit
+    root mean square, so a query-key score is at most d_head / sqrt(d_head) = sqrt(d_head).
+    No gain, as in the speedruns; the statistics in float32 as in `RMSNorm`.
+
+    >>> HeadRMSNorm()(torch.tensor([[3.0, -3.0, 3.0, -3.0]]))
+    tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]])
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x.float(), eps=self.eps).to(x.dtype)
+
+
 # ------------------------------------------------------------------------------ feed-forward
 
 # mlp kind -> the `approximate` argument of F.gelu, for the two GELU networks. GPT-2 was
 # trained with the tanh approximation, so its weights only reproduce its outputs with that;
 # PyTorch's default (and BERT's, and many test suites') is the exact form x * Phi(x).
 GELU_APPROXIMATION = {"gelu": "tanh", "gelu_exact": "none"}
-MLPS = (*GELU_APPROXIMATION, "swiglu")
+MLPS = (*GELU_APPROXIMATION, "relu2", "swiglu")
 
 
 def ffn_hidden_size(n_embd: int, mlp: str = "gelu") -> int:
     """The usual width of the feed-forward network's hidden layer.
 
-    GELU: 4 * n_embd. SwiGLU has three matrices instead of two, so its width is 2/3 of that
+    GELU and ReLU²: 4 * n_embd. SwiGLU has three matrices instead of two, so its width is 2/3 of that
     (rounded up to a multiple of 8), which keeps the parameter count about the same. Real
     Llamas round their own way (Llama-2-7B: 11008, not 10928); `GPTConfig.ffn_hidden` sets
     such a width explicitly.
@@ -115,7 +137,7 @@ def ffn_hidden_size(n_embd: int, mlp: str = "gelu") -> int:
     >>> ffn_hidden_size(768), ffn_hidden_size(768, "swiglu")
     (3072, 2048)
     """
-    if mlp in GELU_APPROXIMATION:
+    if mlp in GELU_APPROXIMATION or mlp == "relu2":
         return 4 * n_embd
     if mlp == "swiglu":
         return 8 * math.ceil(8 * n_embd / 3 / 8)
@@ -127,6 +149,8 @@ class FeedForward(nn.Module):
 
     mlp="gelu"        down(gelu(up(x)))           (GPT-2: GELU's tanh approximation)
     mlp="gelu_exact"  down(gelu(up(x)))           (exact GELU, x * Phi(x) with the erf)
+    mlp="relu2"       down(relu(up(x))²)          (the speedruns: sparse like ReLU, but
+                                                   smooth at 0, and cheaper than GELU)
     mlp="swiglu"      down(silu(gate(x)) * up(x)) (Llama)
 
     `hidden` is the width of the middle layer (default: `ffn_hidden_size(n_embd, mlp)`).
@@ -149,7 +173,9 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is None:
+        if self.mlp == "relu2":
+            h = F.relu(self.up(x)).square()                 # [B, T, hidden]
+        elif self.gate is None:
             h = F.gelu(self.up(x), approximate=GELU_APPROXIMATION[self.mlp])   # [B, T, hidden]
         else:
             h = F.silu(self.gate(x)) * self.up(x)           # the gate decides what passes

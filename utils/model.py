@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from utils.attention import KVCache, MultiHeadAttention
 from utils.embeddings import RotaryEmbedding, TokenPositionEmbedding, alibi_slopes
@@ -51,12 +52,26 @@ class GPTConfig:
     rope_theta  RoPE's base: the slowest pair of dimensions turns once in ~2*pi*theta
                 positions (10000 as in the paper and Llama 2; Llama 3 uses 500000)
     norm        "layer" (LayerNorm) or "rms" (RMSNorm)
-    mlp         "gelu" (GPT-2's tanh-approximated GELU), "gelu_exact" (the erf form) or
-                "swiglu" (three matrices)
+    mlp         "gelu" (GPT-2's tanh-approximated GELU), "gelu_exact" (the erf form),
+                "relu2" (ReLU squared, the speedruns' cheaper GELU) or "swiglu" (three matrices)
     ffn_hidden  the feed-forward network's hidden width (None: 4 * n_embd for GELU, about
                 8/3 * n_embd for SwiGLU; real models set their own, Llama-2-7B 11008)
     bias        biases in every linear layer and LayerNorm
     tie_weights the output layer reuses the token embedding matrix
+
+    The speedruns' tricks (chapter 07; all off by default, which is how every saved model
+    was built):
+
+    qk_norm         RMS-normalise each head's queries and keys before the dot product (and
+                    before RoPE): scores stay bounded, so a large learning rate cannot
+                    saturate a softmax
+    zero_init_proj  start attn.proj and mlp.down at zero instead of GPT-2's small normal
+                    init: every block is the identity at step 0 and grows from there
+    logit_softcap   logits = cap * tanh(logits / cap), in the loss and in generation: no
+                    logit can run past +-cap, so the model cannot become overconfident fast
+    checkpoint_activations  while training, keep only each block's input and recompute the
+                    block in the backward pass: activation memory of one block instead of
+                    n_layer, for about a third more compute (not used in eval or no_grad)
 
     Files saved before `rope_theta` and `ffn_hidden` existed hold no value for them, and
     load with the defaults, which are what those models were built with.
@@ -76,6 +91,10 @@ class GPTConfig:
     mlp: str = "gelu"
     ffn_hidden: int | None = None
     tie_weights: bool = True
+    qk_norm: bool = False
+    zero_init_proj: bool = False
+    logit_softcap: float | None = None
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -99,6 +118,15 @@ class GPTConfig:
                 or not 1.0 < self.rope_theta < math.inf):
             raise ValueError(f"GPTConfig.rope_theta must be a number above 1, "
                              f"got {self.rope_theta!r}")
+        for name in ("qk_norm", "zero_init_proj", "checkpoint_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be True or False, "
+                                 f"got {getattr(self, name)!r}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, numbers.Real)
+                                or not 0.0 < cap < math.inf):
+            raise ValueError(f"GPTConfig.logit_softcap must be None or a positive number, "
+                             f"got {cap!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         for name, allowed in (("pos", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
@@ -148,7 +176,7 @@ class Block(nn.Module):
         self.norm1 = make_norm(config)
         self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head,
                                        dropout=config.dropout, bias=config.bias,
-                                       use_sdpa=True, rope=rope)
+                                       use_sdpa=True, rope=rope, qk_norm=config.qk_norm)
         self.norm2 = make_norm(config)
         self.mlp = FeedForward(config.n_embd, config.mlp, hidden=config.ffn_width,
                                bias=config.bias, dropout=config.dropout)
@@ -231,9 +259,13 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # GPT-2: each block adds its output to the residual stream, so the stream's variance
         # grows with depth; shrink the layers that write into it by 1/sqrt(2 * n_layer).
+        # zero_init_proj goes all the way: they start at 0, so each block starts as identity.
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -279,6 +311,9 @@ class GPT(nn.Module):
         S = T if kv_cache is None else offset + T           # keys: cached ones + the new
         bias = self.attention_bias(T, S, mask=mask)
         hidden, attentions = [x], []
+        # Activation checkpointing only pays while gradients are being recorded for training.
+        recompute = (self.config.checkpoint_activations and self.training and kv_cache is None
+                     and torch.is_grad_enabled() and not return_attention)
         for layer, block in enumerate(self.blocks):
             # The cache arguments are passed only when there is a cache, so a Block written
             # before chapter 08 (such as chapter 05's post-norm variant) still plugs in.
@@ -286,6 +321,8 @@ class GPT(nn.Module):
             if return_attention:
                 x, weights = block(x, mask=bias, offset=offset, need_weights=True, **cached)
                 attentions.append(weights)
+            elif recompute:       # store x only; rerun the block in the backward pass
+                x = checkpoint(block, x, mask=bias, offset=offset, use_reentrant=False)
             else:
                 x = block(x, mask=bias, offset=offset, **cached)
             hidden.append(x)
@@ -300,8 +337,13 @@ class GPT(nn.Module):
         return logits, loss
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, then the output layer: residual stream [.., n_embd] -> logits [.., vocab]."""
-        return self.lm_head(self.norm(x))
+        """Final norm, then the output layer: residual stream [.., n_embd] -> logits [.., vocab].
+
+        With `logit_softcap` the logits are squashed into (-cap, cap) by a scaled tanh (about
+        the identity well inside it), so generation and the loss see the same capped values."""
+        logits = self.lm_head(self.norm(x))
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def get_num_params(self, non_embedding: bool = False) -> int:
         """Parameters, each shared tensor counted once; optionally without the embeddings
