@@ -1,6 +1,7 @@
 """The trainer (utils/trainer.py; its command line utils/train.py), tested on a tiny stand-in
 model with the same forward signature as the course's GPT, and end to end through `python -m utils.train`."""
 
+import math
 import os
 import signal
 import subprocess
@@ -43,6 +44,14 @@ class StandIn(nn.Module):
         logits = self.head(self.drop(torch.tanh(self.mix(x))))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
+
+
+
+def _curves(history: dict) -> dict:
+    """A history without the measured speed (tokens/s, MFU), which differs run to run; the
+    lengths of those stay (one entry per logged step)."""
+    timed = ("tokens_per_s", "mfu")
+    return {k: (len(v) if k in timed else v) for k, v in history.items()}
 
 
 def _data(n=3000, seed=0):
@@ -137,7 +146,8 @@ def test_the_trainer_clips_with_the_global_norm_of_utils_optim(monkeypatch):
     assert [m for m, _ in seen] == [0.05] * 4 and all(n > 0.05 for _, n in seen)
     seen.clear()
     train(StandIn(), _data(), None, _config(max_steps=4, grad_clip=0.0), progress=False)
-    assert seen == []   # 0 = no clipping
+    # 0 = no clipping: the norm is still measured (for history), with no bound
+    assert [m for m, _ in seen] == [math.inf] * 4
 
 
 def test_zero1_in_one_process_trains_the_same_model_and_resumes_a_plain_checkpoint(tmp_path):
@@ -180,7 +190,7 @@ def test_resume_in_process_is_exact(tmp_path):
     resumed = train(StandIn(seed=99), data[:2500], data[2500:], _config(decay_steps=30),
                     checkpoint_path=path, resume=True, progress=False)
     assert _same_weights(straight.model, resumed.model)
-    assert resumed.history == straight.history
+    assert _curves(resumed.history) == _curves(straight.history)
 
 
 def test_resume_may_split_the_same_global_batch_differently_but_not_change_it(tmp_path):
@@ -446,6 +456,6 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     assert a["step"] == b["step"] == 40
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert a["history"] == b["history"]
+    assert _curves(a["history"]) == _curves(b["history"])
     assert sorted(p.name for p in killed.iterdir()) == ["checkpoint.pt", "model.json",
                                                         "model.safetensors"]

@@ -179,6 +179,10 @@ def muon_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
     embedding by default, and listed once) gets the same treatment in the Muon recipes; biases
     and norm gains are vectors. Trainable parameters only, each in exactly one list.
     """
+    if not isinstance(getattr(model, "blocks", None), nn.Module):
+        raise ValueError(f"Muon needs to know which matrices are hidden layers: it takes the "
+                         f"2-D weights under `model.blocks`, and {type(model).__name__} has no "
+                         f"`.blocks`; use optimizer='adamw', or build the groups yourself")
     blocks = {id(p) for p in model.blocks.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]   # a tied matrix once
     matrices = [p for p in trainable if id(p) in blocks and p.ndim == 2]

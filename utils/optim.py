@@ -110,6 +110,30 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int,
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
+def lr_wsd_at(step: int, max_lr: float, warmup_steps: int, total_steps: int,
+              min_lr: float = 0.0, warmdown_frac: float = 0.2) -> float:
+    """Warm-up, stable, decay: linear warm-up, max_lr held, then a straight line down to
+    min_lr over the last `warmdown_frac` of `total_steps` (the "warm-down" of the speedruns).
+
+    Holding the peak keeps the steps large for most of the run; the loss then drops fast
+    during the warm-down, as the shrinking steps let the weights settle. Unlike the cosine,
+    the stable part does not depend on total_steps, so a run can be extended before its
+    warm-down starts.
+
+    >>> [round(lr_wsd_at(s, 1.0, 2, 10, warmdown_frac=0.5), 2) for s in (0, 1, 4, 5, 7, 10)]
+    [0.5, 1.0, 1.0, 1.0, 0.6, 0.0]
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    decay_start = max(warmup_steps, total_steps - round(warmdown_frac * total_steps))
+    if step < decay_start:
+        return max_lr
+    progress = (step - decay_start) / max(1, total_steps - decay_start)    # 0 -> 1
+    return max_lr + progress * (min_lr - max_lr)
+
+
 def clip_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor,
                    max_norm: float) -> torch.Tensor:
     """Scale all gradients together so that their global L2 norm is at most `max_norm`;

@@ -11,6 +11,9 @@
             split N ways; each block's weights are gathered just before the block runs and
             freed after it, so no process ever holds the whole model on its GPU
 
+`TrainConfig.optimizer` = "muon" (utils/muon.py) is for `none` only: Muon orthogonalises each
+whole weight matrix, which ZeRO-1 and FSDP cut into pieces across the processes.
+
 Each is the same arithmetic on the same global batch, so all three train the model one
 process would (tests/test_distributed.py checks it to 1e-5). Whichever runs, a checkpoint
 holds the whole model and the whole optimizer state as one process would save them
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from utils.distributed import world_size
+from utils.muon import configure_muon
 from utils.optim import configure_adamw, param_groups
 from utils.zero import ShardedAdamW
 
@@ -52,9 +56,12 @@ class Parallel:
         else:
             model.to(device)
             self.runner = model
-            self.optimizer = (ShardedAdamW(param_groups(model, wd), lr=lr, betas=betas)
-                              if self.kind == "zero1" else
-                              configure_adamw(model, lr, wd, betas, device_type=device.type))
+            if self.kind == "zero1":
+                self.optimizer = ShardedAdamW(param_groups(model, wd), lr=lr, betas=betas)
+            elif config.optimizer == "muon":   # TrainConfig allows it with DDP only
+                self.optimizer = configure_muon(model, lr, wd, betas, device_type=device.type)
+            else:
+                self.optimizer = configure_adamw(model, lr, wd, betas, device_type=device.type)
         if config.compile:
             self.runner = torch.compile(self.runner)
         if self.world > 1 and self.kind != "fsdp":

@@ -34,10 +34,11 @@ from utils.trainer import TrainResult, build_model, resolve_device, train
 
 
 def default_out_dir(name: str, config: TrainConfig) -> Path:
-    """runs/train/<preset>_L<layers>_d<width>_T<block>_s<steps>: named after what it holds."""
+    """runs/train/<preset>_L<layers>_d<width>_T<block>_s<steps>[_muon]: named after what it
+    holds (a Muon run gets its own folder: it cannot resume an AdamW checkpoint)."""
+    optimizer = "" if config.optimizer == "adamw" else f"_{config.optimizer}"
     return (RUNS_DIR / "train" / f"{name}_L{config.n_layer}_d{config.n_embd}"
-            f"_T{config.block_size}_s{config.max_steps}")
-
+            f"_T{config.block_size}_s{config.max_steps}{optimizer}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

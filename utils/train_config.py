@@ -46,6 +46,12 @@ class TrainConfig:
     beta1: float = _flag(0.9, "AdamW beta1 (momentum of the gradient average)")
     beta2: float = _flag(0.99, "AdamW beta2 (momentum of the squared-gradient average)")
     grad_clip: float = _flag(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    optimizer: str = _flag("adamw", "adamw, or muon: Muon for the blocks' matrices and AdamW "
+                                    "for the rest, at the same lr (utils.muon.configure_muon)")
+    schedule: str = _flag("cosine", "cosine: warm-up, then cosine decay to min_lr; wsd: "
+                                    "warm-up, lr held, then a straight line to min_lr over "
+                                    "the last warmdown_frac of the steps (utils.optim)")
+    warmdown_frac: float = _flag(0.2, "wsd only: the fraction of the steps spent decaying")
     # evaluation, logging, checkpoints
     eval_interval: int = _flag(250, "estimate train/val loss every this many steps")
     eval_batches: int = _flag(20, "batches per loss estimate")
@@ -58,6 +64,9 @@ class TrainConfig:
                                "CUDA GPU with native bf16, float16 (loss-scaled) on an older "
                                "CUDA GPU, float32 elsewhere")
     compile: bool = _flag(False, "torch.compile the model (faster on GPUs after a warm-up)")
+    checkpoint_activations: bool = _flag(False, "recompute each block in the backward pass "
+                                                "instead of storing its activations: less "
+                                                "memory, about a third more time")
     shard: str = _flag("none", "how several torchrun processes split the model: none (DDP: "
                                "each holds everything), zero1 (AdamW moments split, "
                                "utils.zero), fsdp (weights, gradients and moments split, "
@@ -75,6 +84,17 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.shard not in ("none", "zero1", "fsdp"):
             raise ValueError(f"TrainConfig.shard must be none, zero1 or fsdp, got {self.shard!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"TrainConfig.optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.shard != "none":
+            raise ValueError(f"optimizer='muon' works with shard='none' (DDP) only: Muon "
+                             f"orthogonalises each whole matrix, which shard={self.shard!r} "
+                             f"splits across processes")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"TrainConfig.schedule must be cosine or wsd, got {self.schedule!r}")
+        if not 0.0 <= self.warmdown_frac <= 1.0:
+            raise ValueError(f"TrainConfig.warmdown_frac must be in [0, 1], "
+                             f"got {self.warmdown_frac}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"TrainConfig.dtype must be auto, float32, bfloat16 or float16, "
                              f"got {self.dtype!r}")

@@ -3,12 +3,13 @@
 One loop trains any model whose `forward(idx, targets)` returns `(logits, loss)`:
 
     for step in range(start, max_steps):
-        lr = lr_at(step, ...)                       # warm-up, then cosine decay
+        lr = lr_at(step, ...)                       # warm-up, then cosine decay (or wsd)
         x, y = batch_for_step(step)                 # random windows, targets shifted by one
         loss = model(x, y)[1] / grad_accum_steps    # (several micro-batches per step)
         loss.backward()
         clip_grad_norm(..., grad_clip)              # utils.optim: one global norm
-        optimizer.step(); optimizer.zero_grad()
+        optimizer.step(); optimizer.zero_grad()     # AdamW, or Muon + AdamW (utils.muon)
+        every log_interval: loss, lr, gradient norm, tokens/s and MFU into `history`
         every eval_interval: estimate train/val loss, save a checkpoint
 
 and around it what a real run needs: device and precision (bf16 autocast and TF32 on CUDA),
@@ -32,12 +33,11 @@ command line (`python -m utils.train --preset shakespeare-char`) in `utils.train
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,12 @@ from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.data import get_batch
 from utils.device import get_device
 from utils.distributed import process_rank, world_size
-from utils.optim import clip_grad_norm, lr_at
+
+# estimate_loss and split_loss are also imported from here by chapters and benchmarks
+from utils.evaluation import estimate_loss, maybe_autocast, split_loss  # noqa: F401
+from utils.optim import clip_grad_norm, lr_at, lr_wsd_at
 from utils.parallel import Parallel
+from utils.resume import check_resumable, resumed_schedule
 from utils.train_config import TrainConfig
 
 # --------------------------------------------------------------------------- the result
@@ -60,6 +64,14 @@ class TrainResult:
 
     step, loss, lr           the training loss every log_interval steps: one batch, scored
                              before that step's update (noisy, but not optimistic)
+    grad_norm                that step's global gradient norm, before clipping
+    clipped                  the fraction of the steps since the last log that were clipped
+                             (their norm was above grad_clip)
+    tokens_per_s, mfu        training tokens per second over those steps (evaluations and
+                             checkpoints not counted), and the model FLOPs utilisation that
+                             makes: the GPT's FLOPs per token (utils.model, attention
+                             included) x tokens/s over the device's peak (utils.throughput;
+                             nan for a model that is not a utils.model.GPT)
     eval_step, train, val    the estimated losses at every evaluation
     """
 
@@ -80,7 +92,8 @@ class TrainResult:
 
 
 def empty_history() -> dict[str, list]:
-    return {"step": [], "loss": [], "lr": [], "eval_step": [], "train": [], "val": []}
+    return {"step": [], "loss": [], "lr": [], "grad_norm": [], "clipped": [],
+            "tokens_per_s": [], "mfu": [], "eval_step": [], "train": [], "val": []}
 
 
 
@@ -163,62 +176,6 @@ def batch_for_step(data: torch.Tensor, config: TrainConfig, step: int, micro_ste
     return x[part].to(device), y[part].to(device)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def estimate_loss(model: nn.Module, data: torch.Tensor, config: TrainConfig,
-                  device: torch.device | str = "cpu", autocast: torch.dtype | None = None,
-                  batches: int | None = None) -> float:
-    """Mean loss over `batches` fixed random windows of `data` (dropout off).
-
-    The windows come from a fixed seed, so every evaluation of a run scores the same text and
-    the curve shows the model changing, not the sample.
-    """
-    device = torch.device(device)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    n = batches or config.eval_batches
-    for _ in range(n):
-        x, y = get_batch(data, config.batch_size, config.block_size, generator, device)
-        with _autocast(device, autocast):
-            total += model(x, y)[1].item()
-    model.train(was_training)
-    return total / n
-
-
-@torch.no_grad()
-def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 64,
-               device: torch.device | str = "cpu") -> float:
-    """Mean loss over ALL of `data`, cut into consecutive non-overlapping windows.
-
-    Unlike `estimate_loss` (a sample of random windows), this scores every token of the
-    split once, so it is the number to quote for a finished model. The first tokens of each
-    window see little context, so it is slightly above a sliding-window evaluation.
-    """
-    data = torch.as_tensor(data, dtype=torch.long)
-    n_windows = (len(data) - 1) // block_size
-    if n_windows < 1:
-        raise ValueError(f"need more than block_size={block_size} tokens, got {len(data)}")
-    x_all = data[: n_windows * block_size].view(n_windows, block_size)
-    y_all = data[1 : n_windows * block_size + 1].view(n_windows, block_size)
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for i in range(0, n_windows, batch_size):
-        x, y = x_all[i : i + batch_size].to(device), y_all[i : i + batch_size].to(device)
-        total += model(x, y)[1].item() * x.numel()   # weight each batch by its token count
-    model.train(was_training)
-    return total / x_all.numel()
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 # --------------------------------------------------------------------------- the loop
 
 Callback = Callable[[dict[str, Any]], Any]
@@ -231,7 +188,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     """Train `model` (any module with `forward(idx, targets) -> (logits, loss)`) on token ids.
 
     callbacks       called (on rank 0) with a dict for every event:
-                    {"event": "train", "step", "loss", "lr"} every log_interval steps,
+                    {"event": "train", "step", "loss", "lr", "grad_norm", "clipped",
+                    "tokens_per_s", "mfu"} every log_interval steps (see TrainResult),
                     {"event": "eval", "step", "train", "val"} at every evaluation,
                     {"event": "end", "step", "history"} when the run ends
     checkpoint_path where to save (atomically) at every evaluation and at the end
@@ -258,10 +216,11 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=device)
-        _check_resumable(state, config, checkpoint_path)
-        config = _resumed_schedule(state["train_config"], config, state["step"], rank)
+        check_resumable(state, config, checkpoint_path)
+        config = resumed_schedule(state["train_config"], config, state["step"], rank)
         model.load_state_dict(state["model"])
-        history, start_step = state["history"], state["step"]
+        # (a checkpoint older than some curves has none of them: they start empty)
+        history, start_step = {**empty_history(), **state["history"]}, state["step"]
 
     # The module the loop calls (maybe compiled, maybe wrapped or sharded for several
     # processes) and its optimizer. Checkpoints always save the whole model, so they load
@@ -278,6 +237,9 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     decay_end = config.decay_steps or config.max_steps
     start_time = time.perf_counter()
     runner.train()
+    flops_per_token, peak_flops = _model_flops_per_token(model), _peak_flops(device, amp_dtype)
+    # the steps since the last log: how many, how many were clipped, their seconds
+    interval = {"steps": 0, "clipped": 0, "seconds": 0.0}
 
     def evaluate(step: int) -> None:
         scored = spread.evaluated
@@ -295,7 +257,12 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
         if start_step == 0 and config.max_steps > 0:
             evaluate(0)  # the loss before any training: about ln(vocab_size)
         for step in range(start_step, config.max_steps):
-            lr = lr_at(step, config.lr, config.warmup_steps, decay_end, config.min_lr)
+            step_start = time.perf_counter()
+            if config.schedule == "wsd":
+                lr = lr_wsd_at(step, config.lr, config.warmup_steps, decay_end, config.min_lr,
+                               config.warmdown_frac)
+            else:
+                lr = lr_at(step, config.lr, config.warmup_steps, decay_end, config.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(step_seed(config.seed, step, rank))  # this step's dropout masks
@@ -305,31 +272,41 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
                 # Gradients are averaged across processes after a backward; between the
                 # micro-batches of one step that would be wasted traffic: only on the last.
                 with spread.gradient_sync(micro == config.grad_accum_steps - 1):
-                    with _autocast(device, amp_dtype):
+                    with maybe_autocast(device, amp_dtype):
                         _, loss = runner(x, y)
                     # the mean over the micro-batches, not the sum, so lr means the same thing
                     # whatever grad_accum_steps is
                     scaler.scale(loss / config.grad_accum_steps).backward()
                 step_loss += loss.item() / config.grad_accum_steps
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
-                norm = clip_grad_norm(spread.parameters, config.grad_clip)
-                if not scaler.is_enabled() and not torch.isfinite(norm):
-                    raise FloatingPointError(
-                        f"step {step}: the gradient norm is {norm.item()}, so this update "
-                        f"would break the weights; the run diverged (try a lower lr)")
+            scaler.unscale_(optimizer)   # the true gradients, not the loss-scaled ones
+            # The norm is measured every step, clipped or not (max_norm inf scales by 1): it
+            # is the first thing to look at when a run goes wrong.
+            norm = clip_grad_norm(spread.parameters, config.grad_clip or math.inf).item()
+            if not scaler.is_enabled() and not math.isfinite(norm):
+                raise FloatingPointError(
+                    f"step {step}: the gradient norm is {norm}, so this update "
+                    f"would break the weights; the run diverged (try a lower lr)")
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            interval["steps"] += 1
+            interval["clipped"] += int(config.grad_clip > 0 and norm > config.grad_clip)
+            interval["seconds"] += time.perf_counter() - step_start
 
             done = step + 1
             if bar is not None:
                 bar.update(1)
             if done % config.log_interval == 0 or done == config.max_steps:
-                history["step"].append(done)
-                history["loss"].append(step_loss)
-                history["lr"].append(lr)
-                _notify(callbacks, {"event": "train", "step": done, "loss": step_loss, "lr": lr})
+                tokens_per_s = interval["steps"] * config.tokens_per_step / interval["seconds"]
+                # MFU per device: each process does 1/world of the tokens on its own device
+                mfu = tokens_per_s / world_size() * flops_per_token / peak_flops
+                logged = {"step": done, "loss": step_loss, "lr": lr, "grad_norm": norm,
+                          "clipped": interval["clipped"] / interval["steps"],
+                          "tokens_per_s": tokens_per_s, "mfu": mfu}
+                for key, value in logged.items():
+                    history[key].append(value)
+                interval = {"steps": 0, "clipped": 0, "seconds": 0.0}
+                _notify(callbacks, {"event": "train", **logged})
             if done % config.eval_interval == 0 or done == config.max_steps:
                 evaluate(done)
             every = config.checkpoint_interval or config.eval_interval
@@ -345,58 +322,6 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor | N
     _notify(callbacks, {"event": "end", "step": config.max_steps, "history": history})
     return TrainResult(model, history, config.max_steps, time.perf_counter() - start_time,
                        checkpoint_path, config)
-
-
-# Fields that may change between a run and its resumption. All but two leave what each step
-# computes as it was (a checkpoint holds the whole state, whichever `shard` wrote it);
-# max_steps and decay_steps move where the cosine ends, so `_resumed_schedule` keeps the
-# saved decay length unless decay_steps asks for a new one.
-_RESUME_MAY_DIFFER = {"max_steps", "decay_steps", "eval_interval", "eval_batches",
-                      "log_interval", "checkpoint_interval", "device", "compile", "shard"}
-
-
-def _resumed_schedule(saved: dict[str, Any], config: TrainConfig, step: int,
-                      rank: int = 0) -> TrainConfig:
-    """The config a resumed run goes on with: the cosine keeps the saved run's length.
-
-    The decay ends at decay_steps, or at max_steps when decay_steps is 0. Extending a run of
-    2000 steps with max_steps=3000 would otherwise refit the cosine to 3000 steps, and the
-    learning rate would jump from min_lr back up at the step where the run resumes. So an
-    extended run keeps the saved decay end (its extra steps run at min_lr), unless
-    decay_steps is given explicitly; either way one printed line says what happens.
-    """
-    saved_end = saved.get("decay_steps") or saved["max_steps"]
-    say = print if rank == 0 else (lambda *args, **kwargs: None)
-    if config.decay_steps:
-        if config.decay_steps != saved_end:
-            before = lr_at(step - 1, config.lr, config.warmup_steps, saved_end, config.min_lr)
-            after = lr_at(step, config.lr, config.warmup_steps, config.decay_steps, config.min_lr)
-            say(f"resuming at step {step} with decay_steps={config.decay_steps}: the cosine is "
-                f"refitted to end at step {config.decay_steps} instead of {saved_end}, so the "
-                f"learning rate jumps from {before:.2e} to {after:.2e}", flush=True)
-        return config
-    if saved_end != config.max_steps:
-        say(f"resuming at step {step} with max_steps={config.max_steps}: the cosine keeps the "
-            f"saved run's length and still ends at step {saved_end} (min_lr after it); pass "
-            f"decay_steps={config.max_steps} (--decay-steps {config.max_steps}) to refit it "
-            f"instead", flush=True)
-    return dataclasses.replace(config, decay_steps=saved_end)
-
-
-def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    saved = state["train_config"]
-    may_differ = set(_RESUME_MAY_DIFFER)
-    # Another number of processes may resume a run if the global batch is the same: every
-    # step's windows are drawn as one global batch (batch_for_step), however it is split.
-    saved_world = state.get("extra", {}).get("world_size", 1)
-    rows = saved.get("batch_size", 0) * saved.get("grad_accum_steps", 1) * saved_world
-    if rows == config.batch_size * config.grad_accum_steps * world_size():
-        may_differ |= {"batch_size", "grad_accum_steps"}
-    differ = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in asdict(config).items()
-              if k in saved and k not in may_differ and saved[k] != v]
-    if differ:
-        raise ValueError(f"cannot resume from {path}: it was trained with different settings "
-                         f"({'; '.join(differ)}). Use the same flags, or a new --out-dir.")
 
 
 def _notify(callbacks: list[Callback], event: dict[str, Any]) -> None:
@@ -430,6 +355,32 @@ def _close_progress_bar(bar) -> None:
         handle.update(bar.container)   # the stored text now shows the finished bar
 
 
+def _model_flops_per_token(model: nn.Module) -> float:
+    """Training FLOPs per token of a utils.model.GPT (chapter 05's count x 3), else nan."""
+    from utils.model import GPTConfig, estimate_flops_per_token
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, GPTConfig):
+        return math.nan
+    return float(estimate_flops_per_token(config, training=True))
+
+
+_PEAKS: dict[tuple[str, Any], float] = {}
+
+
+def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> float:
+    """The device's peak FLOP/s for the dtype the run multiplies in (utils.throughput): the
+    datasheet's on a known GPU, else one measured matmul. Measured once per process."""
+    from utils.throughput import device_peak
+
+    dtype = amp_dtype or torch.float32
+    key = (str(device), dtype)
+    if key not in _PEAKS:
+        # 1024 x 1024 on a CPU: a fraction of a second, close to what 2048 gives there
+        _PEAKS[key] = device_peak(device, dtype, n=1024 if device.type == "cpu" else 4096)[0]
+    return _PEAKS[key]
+
+
 def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
     """The course's GPT (utils.model) with this run's shape, initialised from config.seed."""
     from utils.model import GPT, GPTConfig
@@ -437,4 +388,5 @@ def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
     torch.manual_seed(config.seed)
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=config.block_size,
                          n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                         dropout=config.dropout, bias=config.bias))
+                         dropout=config.dropout, bias=config.bias,
+                         checkpoint_activations=config.checkpoint_activations))
