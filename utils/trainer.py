@@ -365,16 +365,18 @@ def _model_flops_per_token(model: nn.Module) -> float:
     return float(estimate_flops_per_token(config, training=True))
 
 
-_PEAKS: dict[tuple[str, Any], float] = {}
+_PEAKS: dict[tuple, float] = {}
 
 
 def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> float:
     """The device's peak FLOP/s for the dtype the run multiplies in (utils.throughput): the
-    datasheet's on a known GPU, else one measured matmul. Measured once per process."""
+    datasheet's on a known GPU, else one measured matmul. Measured once per process (and
+    per thread count)."""
     from utils.throughput import device_peak
 
     dtype = amp_dtype or torch.float32
-    key = (str(device), dtype)
+    # a CPU's peak depends on how many threads torch uses (chapters train with one)
+    key = (str(device), dtype) + ((torch.get_num_threads(),) if device.type == "cpu" else ())
     if key not in _PEAKS:
         # 1024 x 1024 on a CPU: a fraction of a second, close to what 2048 gives there
         _PEAKS[key] = device_peak(device, dtype, n=1024 if device.type == "cpu" else 4096)[0]
