@@ -192,7 +192,7 @@ def test_lr_wsd_warms_up_holds_then_falls_in_a_straight_line_to_min_lr():
     assert lrs[:warm] == [top * (s + 1) / warm for s in range(warm)]
     assert lrs[warm:70] == [top] * 60                      # held until the last 30 %
     falling = lrs[70:total]
-    steps = [a - b for a, b in zip(falling, falling[1:])]
+    steps = [a - b for a, b in zip(falling, falling[1:], strict=False)]
     assert all(d == pytest.approx(steps[0]) for d in steps) and steps[0] > 0   # a line
     assert lrs[total] == lrs[-1] == low
     assert lr_wsd_at(total - 1, top, warm, total, low, frac) == pytest.approx(low + 0.9 / 30)
@@ -229,8 +229,12 @@ def test_checkpointing_keeps_fewer_tensors_for_backward():
                               checkpoint_activations=flag))
         x = torch.randint(VOCAB, (2, 8))
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
-                                                      lambda t: t):
+
+        def keep(t, saved=saved):
+            saved.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
             model(x, x)
         counts[flag] = len(saved)
     assert counts[True] < counts[False] / 2
