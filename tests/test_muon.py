@@ -79,7 +79,34 @@ def test_muon_defaults_are_torchs():
     ours, theirs = _trajectory(Muon), _trajectory(torch.optim.Muon)
     assert _max_rel_diff(ours[0], theirs[0]) <= TOL
     torch_defaults = torch.optim.Muon([torch.zeros(2, 2, requires_grad=True)]).defaults
-    assert Muon([torch.zeros(2, 2, requires_grad=True)]).defaults == torch_defaults
+    ours_defaults = Muon([torch.zeros(2, 2, requires_grad=True)]).defaults
+    # one argument more than torch's: the dtype of the products, torch's bfloat16 by default
+    assert ours_defaults.pop("ns_dtype") == "bfloat16"
+    assert ours_defaults == torch_defaults
+
+
+def test_ns_dtype_float32_is_the_float32_iteration_and_configure_muon_picks_it_off_gpu():
+    g = torch.Generator().manual_seed(5)
+    w32, w16 = (torch.nn.Parameter(torch.randn(48, 16, generator=g)) for _ in range(2))
+    with torch.no_grad():
+        w16.copy_(w32)
+    grad = torch.randn(48, 16, generator=g)
+    start = w32.detach().clone()
+    for p, dtype in ((w32, "float32"), (w16, "bfloat16")):
+        p.grad = grad.clone()
+        Muon([p], lr=0.02, weight_decay=0.0, nesterov=False, ns_dtype=dtype).step()
+    # one step without momentum history: W - lr * scale * NS(g (1 - mu)) in that dtype
+    expected = start - adjusted_lr(0.02, (48, 16), None) * newton_schulz(grad * 0.05,
+                                                                        dtype=torch.float32)
+    torch.testing.assert_close(w32.detach(), expected, rtol=0, atol=1e-6)
+    assert (w16 - w32).abs().max() > 1e-5          # bfloat16 really rounds differently
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4, bias=False)])
+    assert configure_muon(model, 1e-3).muon.param_groups[0]["ns_dtype"] == "float32"
+    assert configure_muon(model, 1e-3, device_type="cuda").muon.param_groups[0]["ns_dtype"] == \
+        "bfloat16"
+    with pytest.raises(ValueError, match="ns_dtype"):
+        Muon([w32], ns_dtype="float16")
 
 
 def test_muon_with_other_ns_settings_and_groups_matches_torch():
@@ -127,11 +154,11 @@ def _no_transpose(G, steps=5, coefficients=NS_COEFFICIENTS, eps=1e-7, dtype=torc
     return X
 
 
-def _float32_ns(G, steps=5, coefficients=NS_COEFFICIENTS, eps=1e-7):
-    return newton_schulz(G, steps, coefficients, eps, dtype=torch.float32)
+def _float32_ns(G, steps=5, coefficients=NS_COEFFICIENTS, eps=1e-7, dtype=None):
+    return newton_schulz(G, steps, coefficients, eps, dtype=torch.float32)   # whatever asked
 
 
-def _rounded_twice_ns(G, steps=5, coefficients=NS_COEFFICIENTS, eps=1e-7):
+def _rounded_twice_ns(G, steps=5, coefficients=NS_COEFFICIENTS, eps=1e-7, dtype=None):
     """b A + c A² written out: A² is rounded to bfloat16 before it is scaled and added."""
     a, b, c = coefficients
     tall = G.size(0) > G.size(1)
