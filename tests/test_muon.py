@@ -102,6 +102,7 @@ def test_ns_dtype_float32_is_the_float32_iteration_and_configure_muon_picks_it_o
     assert (w16 - w32).abs().max() > 1e-5          # bfloat16 really rounds differently
     model = torch.nn.Module()
     model.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4, bias=False)])
+    model.embedding = torch.nn.Embedding(3, 4)             # AdamW's part
     assert configure_muon(model, 1e-3).muon.param_groups[0]["ns_dtype"] == "float32"
     assert configure_muon(model, 1e-3, device_type="cuda").muon.param_groups[0]["ns_dtype"] == \
         "bfloat16"
