@@ -35,7 +35,7 @@ Each module is named after what it holds and is introduced by one chapter:
     encoder_decoder  cross-attention, EncoderDecoder, the string-reversal toy  (chapter 06)
     losses           cross-entropy written out; uniform/unigram/bigram loss lines (chapter 07)
     optim            AdamW from its update rule, lr_at (warm-up + cosine),
-                     clip_grad_norm (one global norm)                          (chapter 07)
+                     lr_wsd_at (warm-up, hold, warm-down), clip_grad_norm      (chapter 07)
     muon             Muon from its update rule (Newton-Schulz), the block
                      matrices / AdamW split, configure_muon                    (chapter 07)
     zero             ShardedAdamW: ZeRO-1, AdamW's moments split over ranks    (chapter 07)
@@ -43,8 +43,15 @@ Each module is named after what it holds and is introduced by one chapter:
     distributed      world_size(), process_rank(): which process of a torchrun  (chapter 07)
     train_config     TrainConfig (every setting of a run) and named presets    (chapter 07)
     checkpoints      atomic_save, checksum, save/load_checkpoint (weights only) (chapter 07)
+    evaluation       estimate_loss (a sample of windows), split_loss (all)     (chapter 07)
+    resume           which settings a resumed run may change; its schedule     (chapter 07)
     trainer          the loop: train(), precision (bf16/fp16 + scaler, TF32),
-                     estimate_loss, split_loss, exact resume, DDP/ZeRO-1/FSDP   (chapter 07)
+                     history (loss, lr, grad norm, clipped, tokens/s, MFU)      (chapter 07)
+    diagnostics      overfit_one_batch, lr_range_test                          (chapter 07)
+    activation_memory  what backward keeps, counted per tensor and measured;
+                     the cost of activation checkpointing                      (chapter 07)
+    ablation         the ladder from a bigram to the GPT, and head-to-heads    (chapter 07)
+    throughput       tokens/s and MFU: datasheet or measured peaks             (chapters 07, 09)
     train            the command line: `python -m utils.train --preset ...`    (chapter 07)
     pretrained       trained GPTs as safetensors; load_pretrained(name):
                      "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
