@@ -51,7 +51,7 @@ Each module is named after what it holds and is introduced by one chapter:
     activation_memory  what backward keeps, counted per tensor and measured;
                      the cost of activation checkpointing                      (chapter 07)
     ablation         the ladder from a bigram to the GPT, and head-to-heads    (chapter 07)
-    throughput       tokens/s and MFU: datasheet or measured peaks             (chapters 07, 09)
+    throughput       tokens/s and MFU: datasheet or measured peaks             (chapter 07)
     train            the command line: `python -m utils.train --preset ...`    (chapter 07)
     pretrained       trained GPTs as safetensors; load_pretrained(name):
                      "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
