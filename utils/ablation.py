@@ -294,7 +294,7 @@ def plot_ladder(results: dict):
     ax.set_ylim(min(means) - 0.5, max(means) + 0.2)
     ax.set(ylabel="validation loss (nats / character)", xlabel="rung (each adds one piece)",
            title=f"What each piece buys: {results['settings']['training']['max_steps']} "
-                 "steps each, loss on the unseen play")
+                 "steps each, loss on the held-out text")
     ax.legend()
     fig.tight_layout()
     return fig
