@@ -162,7 +162,11 @@ def test_config_fields_are_the_documented_ones():
     names = list(GPTConfig.__dataclass_fields__)
     assert names == ["vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head",
                      "dropout", "bias", "pos", "rope_theta", "norm", "mlp", "ffn_hidden",
-                     "tie_weights"]
+                     "tie_weights", "qk_norm", "zero_init_proj", "logit_softcap",
+                     "checkpoint_activations"]
+    documented = GPTConfig.__doc__
+    for name in names[5:]:          # the five shape fields are self-explanatory
+        assert f"\n    {name} " in documented, f"{name} is not in GPTConfig's docstring"
 
 
 def test_new_fields_default_to_what_the_model_always_built():

@@ -48,6 +48,8 @@ class GPTConfig:
     """Everything needed to build a GPT. Invalid values raise a ValueError naming the field.
 
     n_kv_head   key/value heads (None: one per query head; fewer: grouped-query attention)
+    dropout     dropout probability in the attention, the feed-forward and the embeddings,
+                while training only (0 = off)
     pos         "learned" (GPT-2), "rope" (Llama), "alibi" or "none"
     rope_theta  RoPE's base: the slowest pair of dimensions turns once in ~2*pi*theta
                 positions (10000 as in the paper and Llama 2; Llama 3 uses 500000)
