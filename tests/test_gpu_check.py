@@ -27,3 +27,14 @@ def test_ladder_and_gpt2_parts_rehearse_on_cpu(capsys):
     record = json.loads((REPO_ROOT / "runs" / "gpu_check" / "cpu-quick.json").read_text())
     assert {"ladder", "gpt2"} <= set(record) and record["device"] == "cpu"
     assert all(row["tokens/s"] != "n/a" for row in record["ladder"]["rows"])
+
+
+def test_craft_part_rehearses_muon_and_activation_memory_on_cpu(capsys):
+    assert gpu_check.main(["--device", "cpu", "--quick", "--part", "craft"]) == 0
+    rows = json.loads((REPO_ROOT / "runs" / "gpu_check" / "cpu-quick.json").read_text())[
+        "craft"]["rows"]
+    assert [row["what"] for row in rows] == ["adamw, 20 steps", "muon, 20 steps", "activations",
+                                             "activations, checkpointed"]
+    for row in rows[2:]:        # the count equals the measurement, on any device
+        assert row["counted bytes"] == row["saved-tensor bytes"]
+    assert rows[0]["val, whole held-out split"] != rows[1]["val, whole held-out split"]

@@ -13,6 +13,10 @@ Parts, in order (planned to fit about 6 minutes on one H100; not yet timed on on
   ladder     tokens/s of the same model as switches are added one at a time:
              fp32 -> +TF32 -> +bf16 autocast -> +SDPA -> +fused AdamW -> +torch.compile
   gpt2       the GPT-2-small shape (124M parameters) with bf16 + compile: tokens/s and MFU
+  craft      chapter 07's training craft on the device: the preset with AdamW and with
+             --optimizer muon at equal steps (val, seconds; Muon's products in bfloat16),
+             the trainer's logged MFU, and activation memory: the count against the CUDA
+             allocator, with and without --checkpoint-activations
   bench      bench_attention --tiled and bench_generation on the device
 
 It prints one markdown table per part and writes everything to runs/gpu_check/<device>.json
@@ -47,7 +51,7 @@ from utils.train_config import preset  # noqa: E402
 from utils.trainer import autocast_dtype, split_loss, tf32_matmuls, train  # noqa: E402
 
 SHIPPED_CPU_VAL = 1.646   # the shipped CPU model on the whole held-out play (data/README.md)
-PARTS = ("notebooks", "train", "ladder", "gpt2", "bench")
+PARTS = ("notebooks", "train", "ladder", "gpt2", "craft", "bench")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -203,6 +207,53 @@ def part_gpt2(device: torch.device, quick: bool) -> list[dict]:
              "MFU": f"{mfu(rate, flops, peak):.1%}", "peak from": source}]
 
 
+def part_craft(device: torch.device, quick: bool) -> list[dict]:
+    from dataclasses import replace
+
+    from utils.activation_memory import activation_bytes, cuda_memory_bytes, saved_tensor_bytes
+    from utils.trainer import build_model
+
+    text = load_corpus("shakespeare")
+    tokenizer = CharTokenizer(text)
+    train_ids, val_ids = train_val_split(torch.tensor(tokenizer.encode(text)))
+    if quick:
+        val_ids = val_ids[:5000]
+    steps = 20 if quick else 600
+    base = preset("shakespeare-char", device, max_steps=steps, eval_interval=steps,
+                  eval_batches=2 if quick else 20, dropout=0.0)
+    rows = []
+    for optimizer in ("adamw", "muon"):
+        config = replace(base, optimizer=optimizer)
+        result = train(build_model(config, tokenizer.vocab_size), train_ids, val_ids, config,
+                       progress=False)
+        h = result.history
+        rows.append({"what": f"{optimizer}, {steps} steps", "seconds": round(result.seconds, 1),
+                     "val, whole held-out split": round(split_loss(
+                         result.model, val_ids, config.block_size, device=device), 4),
+                     "logged tokens/s": f"{h['tokens_per_s'][-1]:,.0f}",
+                     "logged MFU": f"{h['mfu'][-1]:.1%}",
+                     "clipped": f"{sum(h['clipped']) / len(h['clipped']):.0%}"})
+    # activation memory: the fast preset's shape in float32 (the count assumes no dropout)
+    fast = preset("shakespeare-char-fast", "cpu")
+    shape = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=fast.block_size,
+                      n_layer=fast.n_layer, n_head=fast.n_head, n_embd=fast.n_embd,
+                      bias=fast.bias)
+    # two tensors: ids and targets are kept separately (one tensor for both is counted once)
+    idx, targets = (torch.randint(shape.vocab_size, (fast.batch_size, shape.block_size),
+                                  device=device) for _ in range(2))
+    for flag in (False, True):
+        model = GPT(replace(shape, checkpoint_activations=flag)).to(device)
+        row = {"what": "activations" + (", checkpointed" if flag else ""),
+               "counted bytes": f"{activation_bytes(shape, fast.batch_size, checkpointed=flag):,}",
+               "saved-tensor bytes": f"{saved_tensor_bytes(model, idx, targets):,}"}
+        if device.type == "cuda":
+            held = cuda_memory_bytes(model, idx, targets)
+            row.update({"CUDA held": f"{held['held']:,}", "CUDA peak": f"{held['peak']:,}"})
+        rows.append(row)
+    columns = {key: "" for row in rows for key in row}   # one table: every row every column
+    return [{**columns, **row} for row in rows]
+
+
 def part_bench(device: torch.device, quick: bool) -> list[dict]:
     runs = [["bench/bench_attention.py", "--tiled", "--device", device.type],
             ["bench/bench_generation.py", "--device", device.type]]
@@ -223,7 +274,7 @@ def part_bench(device: torch.device, quick: bool) -> list[dict]:
 
 RUNNERS: dict[str, Callable[[torch.device, bool], list[dict]]] = {
     "notebooks": part_notebooks, "train": part_train, "ladder": part_ladder, "gpt2": part_gpt2,
-    "bench": part_bench}
+    "craft": part_craft, "bench": part_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
