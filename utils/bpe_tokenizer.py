@@ -284,21 +284,24 @@ class BPETokenizer:
                 and list(self.special_tokens.values()) == list(
                     range(256 + n, 256 + n + len(self.special_tokens))))
 
-    def save(self, path: str | Path) -> None:
-        """Write the merges and special tokens as JSON (the vocabulary follows from them).
-
-        A tokenizer with another id layout (one from `utils.gpt2_vocab`) also stores its ids.
-        """
+    def state(self) -> dict:
+        """The merges and special tokens as a JSON-ready dict (the vocabulary follows from
+        them); `from_state` rebuilds the tokenizer. A tokenizer with another id layout (one
+        from `utils.gpt2_vocab`) also stores its ids."""
         state = {"format": "course-bpe-v1", "special_tokens": list(self.special_tokens),
                  "merges": [[a, b] for a, b in self.merges]}
         if not self._course_layout():
             state["ids"] = {"bytes": self.byte_ids, "merges": list(self.merges.values()),
                             "special_tokens": list(self.special_tokens.values())}
+        return state
+
+    def save(self, path: str | Path) -> None:
+        """Write `state()` as JSON."""
         # Write a temporary file, then rename: a reader in another process (parallel tests,
         # a second notebook) sees either no file or the whole file, never half of one.
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state), encoding="utf-8")
+        tmp.write_text(json.dumps(self.state()), encoding="utf-8")
         os.replace(tmp, path)
 
     @classmethod
@@ -313,8 +316,13 @@ class BPETokenizer:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not valid JSON ({error}): the file is truncated or "
                              "corrupted, or not a tokenizer saved by BPETokenizer.save") from None
+        return cls.from_state(state, origin=str(path))
+
+    @classmethod
+    def from_state(cls, state: dict, origin: str = "the tokenizer state") -> BPETokenizer:
+        """The tokenizer `state()` describes; a ValueError names `origin` and what is wrong."""
         if not isinstance(state, dict) or state.get("format") != "course-bpe-v1":
-            raise ValueError(f"{path} is not a tokenizer saved by BPETokenizer.save (it has no "
+            raise ValueError(f"{origin} is not a tokenizer saved by BPETokenizer.save (it has no "
                              '"format": "course-bpe-v1" entry); for GPT-2 style vocab.json and '
                              "merges.txt files use utils.gpt2_vocab.load_gpt2_vocab")
         try:
@@ -327,7 +335,7 @@ class BPETokenizer:
                                          strict=True)))
         except (KeyError, TypeError, ValueError) as error:
             what = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
-            raise ValueError(f"{path} is a corrupted tokenizer file: {what}") from None
+            raise ValueError(f"{origin} is a corrupted tokenizer file: {what}") from None
 
     @classmethod
     def from_merges(cls, merges: Iterable[Pair], special_tokens: Sequence[str] = ()

@@ -4,6 +4,8 @@
                                          what the trainer logs at every evaluation
     split_loss(model, data, block_size)  every token of the split scored once: the number to
                                          quote for a finished model
+    text_bits_per_char(model, tok, text, block_size)   the same in bits per character, which
+                                         compares models with different tokenizers
 
 Both switch dropout off while they score and put the model back as it was. The trainer
 (utils/trainer.py) calls the first; chapters and benchmarks report the second.
@@ -12,6 +14,7 @@ Both switch dropout off while they score and put the model back as it was. The t
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -66,6 +69,24 @@ def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size
         total += model(x, y)[1].item() * x.numel()   # weight each batch by its token count
     model.train(was_training)
     return total / x_all.numel()
+
+
+@torch.no_grad()
+def text_bits_per_char(model: nn.Module, tokenizer, text: str, block_size: int,
+                       batch_size: int = 64, device: torch.device | str = "cpu") -> float:
+    """Bits per character of `text` under `model`: the fair measure across tokenizers.
+
+    A loss per token cannot compare a character model with a BPE one (a BPE token holds
+    several characters, so it is harder to guess). The total information is comparable:
+    `split_loss` scores every token once, and the total nats over the characters those
+    tokens spell, divided by ln 2, is bits per character. For a character tokenizer it is
+    simply split_loss / ln 2.
+    """
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    nats_per_token = split_loss(model, ids, block_size, batch_size, device)
+    scored = ids[1 : (len(ids) - 1) // block_size * block_size + 1]   # what split_loss scored
+    characters = len(tokenizer.decode(scored.tolist()))
+    return nats_per_token * len(scored) / characters / math.log(2)
 
 
 def maybe_autocast(device: torch.device, dtype: torch.dtype | None):

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.paths import DATA_DIR
-from utils.tokenizers import CharTokenizer
 
 # F.cross_entropy skips targets equal to its ignore_index, whose default is -100; we use the
 # same value, so `F.cross_entropy(..., ignore_index=IGNORE_INDEX)` and the default agree.
@@ -46,25 +45,32 @@ INSTRUCTIONS_FILE = DATA_DIR / "instructions.jsonl"
 # ---------------------------------------------------------------------------- special tokens
 
 class ChatTokenizer:
-    """A CharTokenizer plus special tokens, which get the ids after the characters.
+    """A tokenizer plus special tokens, which get the ids after the base tokenizer's ids.
 
-    `encode(text)` reads plain text only (a special token is never parsed out of text, so a
-    user cannot inject one); `ids_of(token)` gives a special token's id; `decode` shows special
-    ids by their names, or drops them with `skip_special=True`.
+    The base is a CharTokenizer (chapter 10) or a BPETokenizer without special tokens of its
+    own (chapter 11): anything with `vocab_size`, `encode` and `decode`. `encode(text)` reads
+    plain text only (a special token is never parsed out of text, so a user cannot inject
+    one); `ids_of(token)` gives a special token's id; `decode` shows special ids by their
+    names, or drops them with `skip_special=True`.
 
+    >>> from utils.tokenizers import CharTokenizer
     >>> tok = ChatTokenizer(CharTokenizer("ab"))
     >>> tok.vocab_size, tok.ids_of(END), tok.decode([0, 4, 1])
     (5, 4, 'a<|end|>b')
     """
 
-    def __init__(self, base: CharTokenizer, special_tokens: Sequence[str] = SPECIAL_TOKENS):
+    def __init__(self, base, special_tokens: Sequence[str] = SPECIAL_TOKENS):
         if isinstance(special_tokens, str):
             raise TypeError(f"special_tokens must be a list of strings, got the string "
                             f"{special_tokens!r}")
         if len(set(special_tokens)) != len(special_tokens) or not special_tokens:
             raise ValueError(f"special_tokens must be distinct and not empty, got {special_tokens}")
+        if getattr(base, "special_tokens", None):
+            raise ValueError("the base tokenizer has special tokens of its own; pass one "
+                             "without, so that plain text can never spell a special token")
         self.base = base
-        self.chars = base.chars
+        if hasattr(base, "chars"):
+            self.chars = base.chars
         self.special_tokens = {s: base.vocab_size + i for i, s in enumerate(special_tokens)}
         self.special_names = {i: s for s, i in self.special_tokens.items()}
 
@@ -82,19 +88,22 @@ class ChatTokenizer:
         return self.base.encode(text)
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        pieces = []
-        for i in ids:
-            i = int(i)
+        # Runs of ordinary ids are decoded together: a BPE character may span two tokens.
+        pieces, run = [], []
+        for i in map(int, ids):
             if i in self.special_names:
+                pieces.append(self.base.decode(run))
+                run = []
                 if not skip_special:
                     pieces.append(self.special_names[i])
             else:
-                pieces.append(self.base.decode([i]))
+                run.append(i)
+        pieces.append(self.base.decode(run))
         return "".join(pieces)
 
 
 @torch.no_grad()
-def add_special_tokens(model: nn.Module, tokenizer: CharTokenizer,
+def add_special_tokens(model: nn.Module, tokenizer,
                        special_tokens: Sequence[str] = SPECIAL_TOKENS,
                        ) -> tuple[nn.Module, ChatTokenizer]:
     """Give `model` one new token id per special token; return (model, ChatTokenizer).
@@ -108,7 +117,7 @@ def add_special_tokens(model: nn.Module, tokenizer: CharTokenizer,
     The model is changed in place and also returned.
     """
     if isinstance(tokenizer, ChatTokenizer):
-        raise TypeError("tokenizer already has special tokens; pass the plain CharTokenizer")
+        raise TypeError("tokenizer already has special tokens; pass the plain base tokenizer")
     chat = ChatTokenizer(tokenizer, special_tokens)
     old = model.embed.token
     if old.num_embeddings != tokenizer.vocab_size:

@@ -25,21 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.bpe_tokenizer import BPETokenizer
 from utils.paths import DATA_DIR
 from utils.tokenizers import CharTokenizer
 
 PRETRAINED_FORMAT = "transformers-course/gpt"
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
-# the course's model, and the small draft model that speculative decoding pairs with it
-# (chapter 09; same tokenizer and context length)
-SHIPPED = ("shakespeare-char", "shakespeare-char-draft")
+# the course's model, the small draft model that speculative decoding pairs with it
+# (chapter 09; same tokenizer and context length), and the GPT on the course's own BPE
+# tokens (chapter 11)
+SHIPPED = ("shakespeare-char", "shakespeare-char-draft", "shakespeare-bpe")
 
 
 class PretrainedError(RuntimeError):
     """A weights file that cannot be used: truncated, corrupted, or not one of ours."""
 
 
-def save_pretrained(path: Path | str, model: nn.Module, tokenizer: CharTokenizer,
+def save_pretrained(path: Path | str, model: nn.Module, tokenizer: CharTokenizer | BPETokenizer,
                     record: dict[str, Any] | None = None) -> Path:
     """Write `model`'s weights to `path` (.safetensors) and `record` to `path` with .json.
 
@@ -54,7 +56,7 @@ def save_pretrained(path: Path | str, model: nn.Module, tokenizer: CharTokenizer
     metadata = {
         "format": PRETRAINED_FORMAT,
         "config": json.dumps(asdict(model.config)),
-        "tokenizer": json.dumps({"type": "char", "chars": tokenizer.chars}),
+        "tokenizer": json.dumps(tokenizer_state(tokenizer)),
         "checksum": checksum(_cpu_state(model)),
     }
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -115,7 +117,7 @@ def load_model_file(path: Path | str, device: torch.device | str = "cpu",
                               f"{PRETRAINED_FORMAT!r}; found keys {sorted(metadata)})")
     try:
         config = GPTConfig(**json.loads(metadata["config"]))
-        chars = json.loads(metadata["tokenizer"])["chars"]
+        tokenizer = tokenizer_from_state(json.loads(metadata["tokenizer"]))
     except (KeyError, TypeError, ValueError) as error:
         raise PretrainedError(f"{path}: its metadata is damaged ({type(error).__name__}: "
                               f"{error})") from None
@@ -127,7 +129,6 @@ def load_model_file(path: Path | str, device: torch.device | str = "cpu",
     if checksum(_cpu_state(model)) != metadata.get("checksum"):
         raise PretrainedError(f"{path} is corrupted: its weights do not match the checksum "
                               "stored when it was saved")
-    tokenizer = CharTokenizer("".join(chars))
     return model.to(device).eval(), tokenizer, metadata
 
 
@@ -152,6 +153,22 @@ def load_pretrained(name: str = "shakespeare-char", device: torch.device | str =
 def pretrained_record(name: str = "shakespeare-char") -> dict[str, Any]:
     """How the shipped model was trained: command, machine, time, losses (its .json file)."""
     return json.loads(pretrained_path(name).with_suffix(".json").read_text())
+
+
+def tokenizer_state(tokenizer: CharTokenizer | BPETokenizer) -> dict[str, Any]:
+    """What the weights file stores of its tokenizer: the characters, or the BPE merges."""
+    if isinstance(tokenizer, BPETokenizer):
+        return {"type": "bpe", **tokenizer.state()}
+    return {"type": "char", "chars": tokenizer.chars}
+
+
+def tokenizer_from_state(state: dict[str, Any]) -> CharTokenizer | BPETokenizer:
+    """The tokenizer `tokenizer_state` describes (ValueError or KeyError when damaged)."""
+    if state["type"] == "char":
+        return CharTokenizer("".join(state["chars"]))
+    if state["type"] == "bpe":
+        return BPETokenizer.from_state({k: v for k, v in state.items() if k != "type"})
+    raise ValueError(f"unknown tokenizer type {state['type']!r}")
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

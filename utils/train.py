@@ -5,9 +5,10 @@
     python -m utils.train --preset tiny --max-steps 50 --lr 1e-3      # any TrainConfig field
     torchrun --nproc_per_node=2 -m utils.train --preset shakespeare-char   # several processes
 
-It reads a corpus from data/, trains a character-level GPT with `utils.trainer.train`, and
-writes a resumable checkpoint.pt and the final weights (model.safetensors + model.json, see
-`utils.pretrained`) under --out-dir. Every TrainConfig field is a flag: `--help` lists them.
+It reads a corpus from data/, trains a character-level GPT (with --bpe-vocab N, one on the
+course's BPE tokens) with `utils.trainer.train`, and writes a resumable checkpoint.pt and the
+final weights (model.safetensors + model.json, see `utils.pretrained`) under --out-dir. Every
+TrainConfig field is a flag: `--help` lists them.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from utils.bpe_tokenizer import pretrained_bpe
 from utils.data import load_corpus, train_val_split
 from utils.device import get_device, machine_description
 from utils.distributed import process_rank, world_size
+from utils.evaluation import text_bits_per_char
 from utils.paths import REPO_ROOT, RUNS_DIR
 from utils.pretrained import save_pretrained
 from utils.tokenizers import CharTokenizer
@@ -55,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where to write the checkpoint and the final weights (default: "
                              "runs/train/<preset>_L.._d.._T.._s<max_steps>)")
+    parser.add_argument("--bpe-vocab", type=int, default=0,
+                        help="0: one token per character; N: the course's BPE tokenizer "
+                             "(chapter 01) with N tokens, trained on the train split "
+                             "(utils.bpe_tokenizer.pretrained_bpe)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from <out-dir>/checkpoint.pt if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,13 +96,22 @@ def run_from_args(argv: list[str] | None = None) -> TrainResult:
         torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available()
                                              else "gloo")
     config = config_from_args(args)
-    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args.preset, config)
+    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(
+        args.preset + (f"_bpe{args.bpe_vocab}" if args.bpe_vocab else ""), config)
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir
     text = load_corpus(args.corpus)
-    tokenizer = CharTokenizer(text)
-    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    train_ids, val_ids = train_val_split(data)
+    # Split the text, then encode each part: the validation set is the same characters
+    # whatever the tokenizer, so bits per character compare fairly.
+    train_text, val_text = train_val_split(text)
+    if args.bpe_vocab:
+        if args.corpus != "shakespeare":
+            raise SystemExit("--bpe-vocab trains its tokenizer on the shakespeare corpus only")
+        tokenizer = pretrained_bpe(args.bpe_vocab)
+    else:
+        tokenizer = CharTokenizer(text)
+    train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
+    val_ids = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
     model = build_model(config, tokenizer.vocab_size)
     rank = process_rank()
     if rank == 0:
@@ -116,6 +132,11 @@ def run_from_args(argv: list[str] | None = None) -> TrainResult:
             "tokens_per_step": config.tokens_per_step,
             "final_train_loss": round(result.final_train_loss, 4),
             "final_val_loss": round(result.final_val_loss, 4),
+            "val_bits_per_char": round(text_bits_per_char(
+                model, tokenizer, val_text, config.block_size,
+                device=resolve_device(config)), 4),
+            "chars_per_token": {"train": round(len(train_text) / len(train_ids), 4),
+                                "val": round(len(val_text) / len(val_ids), 4)},
             "train_config": asdict(result.config),
             "history": result.history,
         }
