@@ -33,15 +33,16 @@ PRETRAINED_FORMAT = "transformers-course/gpt"
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
 # the course's model, the small draft model that speculative decoding pairs with it
 # (chapter 09; same tokenizer and context length), and the GPT on the course's own BPE
-# tokens (chapter 11)
-SHIPPED = ("shakespeare-char", "shakespeare-char-draft", "shakespeare-bpe")
+# tokens with its instruction-tuned and preference-tuned versions (chapter 11)
+SHIPPED = ("shakespeare-char", "shakespeare-char-draft", "shakespeare-bpe", "shakespeare-bpe-sft",
+           "shakespeare-bpe-dpo")
 
 
 class PretrainedError(RuntimeError):
     """A weights file that cannot be used: truncated, corrupted, or not one of ours."""
 
 
-def save_pretrained(path: Path | str, model: nn.Module, tokenizer: CharTokenizer | BPETokenizer,
+def save_pretrained(path: Path | str, model: nn.Module, tokenizer,
                     record: dict[str, Any] | None = None) -> Path:
     """Write `model`'s weights to `path` (.safetensors) and `record` to `path` with .json.
 
@@ -155,15 +156,25 @@ def pretrained_record(name: str = "shakespeare-char") -> dict[str, Any]:
     return json.loads(pretrained_path(name).with_suffix(".json").read_text())
 
 
-def tokenizer_state(tokenizer: CharTokenizer | BPETokenizer) -> dict[str, Any]:
-    """What the weights file stores of its tokenizer: the characters, or the BPE merges."""
+def tokenizer_state(tokenizer) -> dict[str, Any]:
+    """What the weights file stores of its tokenizer: the characters, or the BPE merges, and
+    for an instruction-tuned model the special tokens added after them (a ChatTokenizer)."""
+    from utils.instructions import ChatTokenizer
+
+    if isinstance(tokenizer, ChatTokenizer):
+        return {"type": "chat", "base": tokenizer_state(tokenizer.base),
+                "special_tokens": list(tokenizer.special_tokens)}
     if isinstance(tokenizer, BPETokenizer):
         return {"type": "bpe", **tokenizer.state()}
     return {"type": "char", "chars": tokenizer.chars}
 
 
-def tokenizer_from_state(state: dict[str, Any]) -> CharTokenizer | BPETokenizer:
+def tokenizer_from_state(state: dict[str, Any]):
     """The tokenizer `tokenizer_state` describes (ValueError or KeyError when damaged)."""
+    from utils.instructions import ChatTokenizer
+
+    if state["type"] == "chat":
+        return ChatTokenizer(tokenizer_from_state(state["base"]), state["special_tokens"])
     if state["type"] == "char":
         return CharTokenizer("".join(state["chars"]))
     if state["type"] == "bpe":
