@@ -160,7 +160,8 @@ class MultiHeadAttention(nn.Module):
     `rope` (optional, chapter 05): a module such as `utils.embeddings.RotaryEmbedding` that
     rotates queries and keys per head, called as `rope(t, offset)` on [B, heads, T, d_head];
     `offset` in `forward` is the position of the first of the T tokens (non-zero when the
-    keys of earlier tokens are cached, chapter 09). Values are never rotated.
+    keys of earlier tokens are cached, chapter 09), or a [B, T] tensor of every token's
+    position (left-padded batches, `utils.batch_generation`). Values are never rotated.
 
     `qk_norm=True` (the speedruns' QK-norm): each head's query and key vectors are divided by
     their root mean square (`utils.layers.HeadRMSNorm`, no parameters) before the rotation,
@@ -209,7 +210,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
                 need_weights: bool = False, context: torch.Tensor | None = None,
-                offset: int = 0, cache: KVCache | None = None, layer: int = 0):
+                offset: int | torch.Tensor = 0, cache: KVCache | None = None, layer: int = 0):
         q, k, v = self._project(x, context)
         q = split_heads(q, self.n_heads)                    # [B, h, T, d_head]
         k = split_heads(k, self.n_kv_heads)                 # [B, h_kv, S, d_head]

@@ -133,8 +133,10 @@ class RotaryEmbedding(nn.Module):
     """`apply_rope` with the cos/sin tables computed once and cached for `max_len` positions.
 
     Call it on queries and keys of shape [..., T, head_dim]; `offset` is the position of the
-    first of the T tokens (used when generating with a cache of past keys, chapter 09).
-    Positions beyond the cache are computed on the fly, so there is no hard length limit.
+    first of the T tokens (used when generating with a cache of past keys, chapter 09), or a
+    [B, T] tensor giving every token of x [B, heads, T, head_dim] its own position (a batch
+    of left-padded prompts, `utils.batch_generation`). Positions beyond the cache are
+    computed on the fly, so there is no hard length limit.
 
     >>> rope = RotaryEmbedding(head_dim=8, max_len=16)
     >>> x = torch.randn(2, 4, 10, 8)            # [B, n_heads, T, head_dim]
@@ -153,9 +155,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         T = x.shape[-2]
-        if offset + T <= self.max_len:
+        if isinstance(offset, torch.Tensor):                # [B, T]: each row its own positions
+            if int(offset.max()) < self.max_len:
+                cos, sin = self.cos[offset], self.sin[offset]           # [B, T, d/2]
+            else:
+                angles = rope_angles(offset.flatten().cpu(), self.head_dim, self.base)
+                angles = angles.view(*offset.shape, -1).to(x.device)
+                cos, sin = angles.cos().float(), angles.sin().float()
+            cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)             # the same for every head
+        elif offset + T <= self.max_len:
             cos, sin = self.cos[offset:offset + T], self.sin[offset:offset + T]
         else:
             angles = rope_angles(torch.arange(offset, offset + T), self.head_dim, self.base)
@@ -226,8 +236,10 @@ class TokenPositionEmbedding(nn.Module):
     sinusoidal buffer, only with positions="sinusoidal").
 
     Both tables start as N(0, 0.02^2), as in GPT-2. `start` is the position of the first id
-    (non-zero when generating with a cache, chapter 09). Asking for positions beyond
-    `max_len` raises a ValueError that says so: a learned table has no row for them.
+    (non-zero when generating with a cache, chapter 09), or a tensor shaped like `ids` that
+    gives every id its own position (left-padded batches, `utils.batch_generation`). Asking
+    for positions beyond `max_len` raises a ValueError that says so: a learned table has no
+    row for them.
 
     >>> emb = TokenPositionEmbedding(vocab_size=65, d_model=32, max_len=16)
     >>> emb(torch.zeros(4, 10, dtype=torch.long)).shape    # [B, T] -> [B, T, d_model]
@@ -252,19 +264,26 @@ class TokenPositionEmbedding(nn.Module):
                                  persistent=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         if ids.dim() != 2:
             raise ValueError(f"expected token ids of shape [B, T], got {tuple(ids.shape)}")
         T = ids.shape[1]
-        if start < 0 or start + T > self.max_len:
-            raise ValueError(f"positions {start}..{start + T - 1} do not fit: this embedding "
+        if isinstance(start, torch.Tensor):                   # one position per id
+            if start.shape != ids.shape:
+                raise ValueError(f"start: a tensor of positions must have the shape of ids "
+                                 f"{tuple(ids.shape)}, got {tuple(start.shape)}")
+            first, last, rows = int(start.min()), int(start.max()), start
+        else:
+            first, last, rows = start, start + T - 1, slice(start, start + T)
+        if first < 0 or last >= self.max_len:
+            raise ValueError(f"positions {first}..{last} do not fit: this embedding "
                              f"was built with max_len={self.max_len}; crop the input to the "
                              f"last {self.max_len} tokens or build it with a larger max_len")
         x = self.token(ids)                                    # [B, T, d_model]
         if self.position is not None:
-            x = x + self.position.weight[start:start + T]     # [T, d_model] broadcasts over B
+            x = x + self.position.weight[rows]       # [T, d_model] broadcasts, or [B, T, d_model]
         elif self.positions == "sinusoidal":
-            x = x + self.table[start:start + T]
+            x = x + self.table[rows]
         return self.dropout(x)
 
     def extra_repr(self) -> str:

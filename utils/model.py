@@ -184,7 +184,7 @@ class Block(nn.Module):
                                bias=config.bias, dropout=config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True,
-                offset: int = 0, need_weights: bool = False, cache: KVCache | None = None,
+                offset: int | torch.Tensor = 0, need_weights: bool = False, cache: KVCache | None = None,
                 layer: int = 0):
         a = self.attn(self.norm1(x), mask=mask, is_causal=is_causal,
                       need_weights=need_weights, offset=offset, cache=cache, layer=layer)
@@ -225,7 +225,9 @@ class GPT(nn.Module):
     take the slower from-scratch attention path, since the fused kernel never forms them).
 
     Extra keyword arguments: `mask` (boolean [T, T] or broadcastable, True = may attend;
-    combined with the causal mask) and `offset` (position of idx[:, 0], for a KV cache).
+    combined with the causal mask), `offset` (position of idx[:, 0], for a KV cache) and
+    `positions` ([B, T], each token's own position for the learned table and RoPE; default
+    offset, offset + 1, ... in every row; left-padded batches, `utils.batch_generation`).
 
     `kv_cache` (a `utils.attention.KVCache`, chapter 08): `idx` holds only the tokens after
     the cached ones; their keys and values are appended to the cache, and `offset` is taken
@@ -298,18 +300,23 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 return_hidden: bool = False, return_attention: bool = False,
                 mask: torch.Tensor | None = None, offset: int = 0,
-                kv_cache: KVCache | None = None):
+                kv_cache: KVCache | None = None, positions: torch.Tensor | None = None):
         B, T = idx.shape
         if kv_cache is not None:
             if offset not in (0, kv_cache.seq_len):
                 raise ValueError(f"offset={offset} disagrees with the kv_cache, which holds "
                                  f"{kv_cache.seq_len} positions; leave offset out")
             offset = kv_cache.seq_len
-        if offset + T > self.config.block_size:
-            raise ValueError(f"cannot run {offset + T} positions: block_size is "
+        if positions is not None and positions.shape != idx.shape:
+            raise ValueError(f"positions must have the shape of idx {tuple(idx.shape)}, "
+                             f"got {tuple(positions.shape)}")
+        end = offset + T if positions is None else int(positions.max()) + 1
+        if end > self.config.block_size:
+            raise ValueError(f"cannot run {end} positions: block_size is "
                              f"{self.config.block_size}; crop idx to its last "
                              f"{self.config.block_size - offset} tokens")
-        x = self.embed(idx, start=offset)                   # [B, T, n_embd]
+        pos = offset if positions is None else positions    # what the table and RoPE read
+        x = self.embed(idx, start=pos)                      # [B, T, n_embd]
         S = T if kv_cache is None else offset + T           # keys: cached ones + the new
         bias = self.attention_bias(T, S, mask=mask)
         hidden, attentions = [x], []
@@ -321,12 +328,12 @@ class GPT(nn.Module):
             # before chapter 08 (such as chapter 05's post-norm variant) still plugs in.
             cached = {} if kv_cache is None else {"cache": kv_cache, "layer": layer}
             if return_attention:
-                x, weights = block(x, mask=bias, offset=offset, need_weights=True, **cached)
+                x, weights = block(x, mask=bias, offset=pos, need_weights=True, **cached)
                 attentions.append(weights)
             elif recompute:       # store x only; rerun the block in the backward pass
-                x = checkpoint(block, x, mask=bias, offset=offset, use_reentrant=False)
+                x = checkpoint(block, x, mask=bias, offset=pos, use_reentrant=False)
             else:
-                x = block(x, mask=bias, offset=offset, **cached)
+                x = block(x, mask=bias, offset=pos, **cached)
             hidden.append(x)
         logits = self.unembed(x)                            # [B, T, vocab_size]
         loss = None
