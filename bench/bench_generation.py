@@ -1,14 +1,14 @@
-"""Generation speed (chapter 09): the KV cache, speculative decoding, int8 weights.
+"""Generation speed (chapters 09, 11): KV cache, speculative decoding, int8, batching.
 
-    python bench/bench_generation.py                  # all three tables (several CPU minutes)
+    python bench/bench_generation.py                  # all four tables (several CPU minutes)
     python bench/bench_generation.py --quick          # a small subset, to try it (~1 minute)
     python bench/bench_generation.py --device cuda    # the same on a GPU
     python bench/bench_generation.py --only speculative --ks 2 4 6 --lookups 3:8 3:16
 
 Run it on a quiet machine with one thread for numbers that compare (`OMP_NUM_THREADS=1`).
 Tables 1 and 3 keep the best of `--repeats` runs (other programs only ever make a run slower);
-table 2 compares methods with each other, so they take turns, once per repeat, and each
-reports its median (`utils.timing`): a busy spell of a shared machine then slows all alike.
+tables 2 and 4 compare methods with each other, so they take turns, once per repeat, and
+each reports its median (`utils.timing`): a busy spell of a shared machine then slows all alike.
 
 1. KV cache. A fresh (untrained) GPT with block_size 1152, 4 layers of width 128, writes
    256, 512 and 1024 tokens greedily from a one-token prompt, with and without the cache.
@@ -32,6 +32,12 @@ reports its median (`utils.timing`): a busy spell of a shared machine then slows
 3. Quantisation. The shipped model in float32 and with int8 weights
    (`utils.quantization.quantize_model_int8`): size in bytes, loss on the whole held-out
    split (`utils.trainer.split_loss`) and greedy tokens/s with the cache.
+4. Batched generation. `--batch-prompts` prompts from the held-out play, of lengths spread
+   evenly from 1 to 64 characters, each continued by `--batch-new-tokens` greedy tokens with
+   the shipped model: one `generate` call per prompt, against `generate_batch` on all of
+   them at once (left-padded, one KV cache) and on groups of 4. The methods take turns, once
+   per repeat, and each reports its median; "same text" checks every row against the
+   one-at-a-time text.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.batch_generation import generate_batch  # noqa: E402
 from utils.data import load_corpus, train_val_split  # noqa: E402
 from utils.device import get_device  # noqa: E402
 from utils.generation import generate  # noqa: E402
@@ -226,6 +233,40 @@ def quantization_table(new_tokens: int, repeats: int, device: torch.device) -> N
               f"{new_tokens / t:>8.1f}", flush=True)
 
 
+def batch_table(n_prompts: int, new_tokens: int, repeats: int, device: torch.device) -> None:
+    model, tokenizer = load_pretrained("shakespeare-char", device=device)
+    longest = min(64, model.config.block_size - new_tokens)
+    if longest < 1:
+        raise SystemExit(f"--batch-new-tokens must leave room for a prompt in block_size="
+                         f"{model.config.block_size}")
+    lengths = [1 + (longest - 1) * i // max(1, n_prompts - 1) for i in range(n_prompts)]
+    texts = prompts_from_val(tokenizer, n_prompts, longest, device)
+    prompts = [t[0, :n].tolist() for t, n in zip(texts, lengths, strict=True)]
+    total = new_tokens * len(prompts)
+
+    def one_at_a_time():
+        return [generate(model, torch.tensor([p], device=device), new_tokens,
+                         temperature=0)[0].tolist() for p in prompts]
+
+    def in_groups(size):
+        return [row for g in range(0, len(prompts), size)
+                for row in generate_batch(model, prompts[g:g + size], new_tokens)]
+
+    methods = {f"one at a time ({len(prompts)} x generate)": one_at_a_time,
+               f"generate_batch, all {len(prompts)} at once": lambda: in_groups(len(prompts)),
+               "generate_batch, groups of 4": lambda: in_groups(4)}
+    seconds, results = interleaved_medians(methods, repeats, device)
+    reference = results[next(iter(methods))]
+    t_alone = seconds[next(iter(methods))]
+    print(f"\n4. Batched generation: shakespeare-char, {len(prompts)} prompts of "
+          f"{lengths[0]}..{lengths[-1]} characters + {new_tokens} greedy tokens each, on "
+          f"{device}, median of {repeats}")
+    print(f"{'method':<34} | {'seconds':>7} | {'tokens/s':>8} | {'speed-up':>8} | same text")
+    for name, t in seconds.items():
+        print(f"{name:<34} | {t:>7.3f} | {total / t:>8.1f} | {t_alone / t:>7.2f}x | "
+              f"{results[name] == reference}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -233,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a small subset: 256 tokens for the cache, k = 2 and 4, lookup 3:8, "
                              "3 prompts, one repeat")
-    parser.add_argument("--only", choices=["kv", "speculative", "quantization"], default=None)
+    parser.add_argument("--only", choices=["kv", "speculative", "quantization", "batch"],
+                        default=None)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024],
                         help="new tokens for the KV-cache table")
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 3, 4, 6],
@@ -248,9 +290,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=100,
                         help="tokens per prompt in the quantisation table")
     parser.add_argument("--prompts", type=int, default=8, help="prompts for the speculative table")
+    parser.add_argument("--batch-prompts", type=int, default=16,
+                        help="prompts for the batched-generation table")
+    parser.add_argument("--batch-new-tokens", type=int, default=64,
+                        help="greedy tokens per prompt in the batched-generation table")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per measurement (KV cache and int8: best kept; speculative: "
-                             "median, the methods taking turns)")
+                        help="runs per measurement (KV cache and int8: best kept; speculative "
+                             "and batched: median, the methods taking turns)")
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.ks, args.lookups = [256], [2, 4], ["3:8"]
@@ -267,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
                             args.repeats, device)
     if args.only in (None, "quantization"):
         quantization_table(args.new_tokens, args.repeats, device)
+    if args.only in (None, "batch"):
+        batch_table(args.batch_prompts, args.batch_new_tokens, args.repeats, device)
 
 
 if __name__ == "__main__":
