@@ -99,7 +99,7 @@ def left_pad(fn):
 
     compare_with_reference(fn, reference_left_pad, hand + seeded_cases(make, 20), _check_pair,
                            diagnose=_diagnose_left_pad)
-    return "every prompt ends in the last column, and the mask hides exactly the padding."
+    return "Every prompt ends in the last column, and the mask hides exactly the padding."
 
 
 # ---- exercise 2: the chat template's loss mask -----------------------------------------------
@@ -182,7 +182,7 @@ def loss_mask(fn):
         return _diagnose_loss_mask([int(g) for g in got], expected, ids, response_id, end_id)
 
     compare_with_reference(fn, reference_loss_mask, cases, compare, diagnose=diagnose)
-    return "the model learns every answer and its <|end|>, and none of the questions."
+    return "The model learns every answer and its <|end|>, and none of the questions."
 
 
 # ---- exercise 3: bits per character, the report card's fair metric ----------------------------
@@ -267,4 +267,4 @@ def bits_per_char(fn):
 
     compare_with_reference(fn, reference_bits_per_char, hand + seeded_cases(make, 15), compare,
                            diagnose=diagnose)
-    return "a character model and a BPE model can now be compared on the same scale."
+    return "A character model and a BPE model can now be compared on the same scale."
