@@ -283,3 +283,14 @@ def test_shipped_tuned_model_gives_its_recorded_answers(name):
     pairs = load_chat_preferences("test")
     recorded = RESULTS["preference_accuracy"]["rules"][name]["all"]
     assert abs(preference_accuracy(model, tokenizer, pairs) - recorded) <= 2 / len(pairs) + 1e-9
+
+
+def test_the_record_is_of_the_shipped_base_model():
+    # a new shakespeare-bpe makes the tuned models stale: rerun data/build_tuned_models.py
+    from utils.checkpoints import checksum
+    from utils.pretrained import load_pretrained, pretrained_record
+    base, _ = load_pretrained("shakespeare-bpe")
+    weights = {k: v.detach().cpu() for k, v in base.state_dict().items()}
+    assert checksum(weights) == RESULTS["base"]["checksum"]
+    for name in ("sft", "dpo"):
+        assert pretrained_record(f"shakespeare-bpe-{name}")["base"] == RESULTS["base"]
