@@ -219,3 +219,74 @@ def test_nll_weight_holds_the_chosen_answers_up():
     model, chat = chat_model()
     with pytest.raises(ValueError, match="nll_weight"):
         preference_tune(model, chat, PAIRS, steps=1, nll_weight=-1)
+
+
+# ---- multi-turn instruction tuning --------------------------------------------------------------
+
+def test_conversation_batches_learn_every_reply_and_no_user_token():
+    from utils.chat import Turn, encode_chat
+    from utils.tuning import conversation_batches
+
+    _, chat = chat_model()
+    end = chat.ids_of("<|end|>")
+    lengths = set()
+    for x, y in conversation_batches(chat, DATA, batch_size=3, steps=20, max_history=2,
+                                     block_size=32, seed=1):
+        for row in range(x.size(0)):
+            ids = x[row].tolist()
+            n = max(i for i, t in enumerate(y[row].tolist()) if t != -100) + 1   # real targets
+            full = ids[:n] + [y[row, n - 1].item()]
+            assert full[-1] == end                        # every row ends with a reply's <|end|>
+            lengths.add(full.count(end))
+            # rebuild the conversation from its text and compare the mask, token for token
+            text = chat.decode(full)
+            turns = []
+            for exchange in text.split("<|end|>")[:-1]:
+                question, answer_ = exchange.removeprefix("<|instruction|>").split("<|response|>")
+                turns += [Turn("user", question), Turn("assistant", answer_)]
+            want_ids, want_mask = encode_chat(chat, turns)
+            assert want_ids == full
+            learned = [t != -100 for t in y[row, :n].tolist()]
+            assert learned == [bool(m) for m in want_mask[1:]]
+    assert lengths == {1, 2, 3}                           # 0, 1 and 2 earlier exchanges occur
+
+
+def test_conversation_batches_drop_the_oldest_exchange_to_fit_and_are_seeded():
+    from utils.tuning import conversation_batches
+
+    _, chat = chat_model()
+    end = chat.ids_of("<|end|>")
+    # 2 exchanges of DATA are at most 2 * 10 = 20 tokens: block_size 12 leaves room for one
+    for x, y in conversation_batches(chat, DATA, 3, 10, max_history=2, block_size=12, seed=0):
+        assert x.size(1) <= 12 and all((row == end).sum() <= 1 for row in torch.cat([x, y], 1))
+    a = list(conversation_batches(chat, DATA, 3, 5, max_history=2, block_size=32, seed=3))
+    b = list(conversation_batches(chat, DATA, 3, 5, max_history=2, block_size=32, seed=3))
+    assert all(torch.equal(p, q) for (p, _), (q, _) in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="max_history"):
+        next(conversation_batches(chat, DATA, 3, 1, max_history=-1, block_size=32))
+    with pytest.raises(ValueError, match="block_size"):
+        next(conversation_batches(chat, DATA, 3, 1, max_history=0, block_size=4))
+
+
+def test_multi_turn_tuning_answers_after_a_history():
+    from utils.chat import Turn, reply
+
+    model, chat = chat_model()
+    instruction_tune(model, chat, DATA, steps=200, batch_size=3, lr=1e-2, max_history=2)
+    history = [Turn("user", DATA[1].instruction), Turn("assistant", DATA[1].response)]
+    assert reply(model, chat, history, DATA[0].instruction, 8).text == DATA[0].response
+    assert reply(model, chat, [], DATA[2].instruction, 8).text == DATA[2].response
+
+
+def test_evaluate_after_history_scores_answers_that_follow_an_exchange():
+    from utils.chat import Turn, reply
+    from utils.chat_tasks import evaluate_after_history
+
+    model, chat = chat_model(seed=2)
+    before = evaluate_after_history(model, chat, DATA, DATA)
+    instruction_tune(model, chat, DATA, steps=200, batch_size=3, lr=1e-2, max_history=2)
+    after = evaluate_after_history(model, chat, DATA, DATA, seed=5)
+    assert set(after) == {"t", "u", "all"} and after["all"] == 1.0 > before["all"]
+    # the same as asking by hand: DATA[1] is the only exchange of another task than "t"
+    history = [Turn("user", DATA[1].instruction), Turn("assistant", DATA[1].response)]
+    assert reply(model, chat, history, DATA[0].instruction, 4).text == DATA[0].response

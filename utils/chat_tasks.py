@@ -230,6 +230,32 @@ def evaluate_tasks(model, tokenizer: ChatTokenizer, examples: Sequence[Instructi
         model.train(was_training)
 
 
+def evaluate_after_history(model, tokenizer: ChatTokenizer, examples: Sequence[Instruction],
+                           earlier: Sequence[Instruction], seed: int = 0) -> dict[str, float]:
+    """Like `evaluate_tasks`, but each question comes after one earlier exchange, as in a chat:
+    a question of another task from `earlier` with its correct answer, drawn with `seed`.
+
+    A model tuned on single exchanges only has never seen its question anywhere but right
+    after the first <|instruction|>; this measures what a history in front does to it.
+    """
+    import random
+
+    from utils.chat import Turn, reply
+
+    if not examples:
+        raise ValueError("examples: need at least one instruction to evaluate")
+    rng = random.Random(seed)
+    hits: dict[str, list[bool]] = {}
+    for example in examples:
+        other = rng.choice([e for e in earlier if e.task != example.task] or list(earlier))
+        history = [Turn("user", other.instruction), Turn("assistant", other.response)]
+        run = reply(model, tokenizer, history, example.instruction, len(example.response) + 1)
+        hits.setdefault(example.task, []).append(run.finished and run.text == example.response)
+    scores = {task: sum(h) / len(h) for task, h in sorted(hits.items())}
+    scores["all"] = sum(sum(h) for h in hits.values()) / len(examples)
+    return scores
+
+
 def task_baselines(train: Sequence[Instruction], test: Sequence[Instruction], untuned_model=None,
                    tokenizer=None) -> dict[str, dict[str, float]]:
     """{task: {"majority": acc, "copy": acc, "untuned": acc}} on `test`, each by exact match.

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import copy
 import numbers
+import random
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from utils.chat import Turn, encode_chat
 from utils.instructions import IGNORE_INDEX, collate, encode_example, instruction_batches, masked_lm_loss
 from utils.preferences import Preference, dpo_loss, preference_logprobs
 
@@ -46,7 +48,7 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence, steps: int
                      device: torch.device | str = "cpu",
                      callback: Callable[[int, float], None] | None = None,
                      weight_decay: float = 0.0, grad_clip: float | None = 1.0,
-                     final_lr: float | None = None) -> list[float]:
+                     final_lr: float | None = None, max_history: int = 0) -> list[float]:
     """Supervised fine-tuning on (instruction, response) examples; returns the loss per step.
 
     `model` must already know the special tokens (`add_special_tokens`) and `tokenizer` is its
@@ -57,7 +59,9 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence, steps: int
     last steps settle the weights instead of leaving them wherever the last large step threw
     them); gradients are clipped to a global norm of `grad_clip` (None: not clipped).
     `callback(step, loss)`, if given, is called after every step (step counts from 1), e.g.
-    to draw a live loss curve.
+    to draw a live loss curve. `max_history` > 0 puts up to that many other exchanges in
+    front of each example (`conversation_batches`), so the model also learns to answer in the
+    middle of a chat.
     """
     _check_loop(steps, batch_size, lr, examples, "examples")
     if final_lr is not None and (isinstance(final_lr, bool) or not isinstance(final_lr, numbers.Real)
@@ -67,8 +71,10 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence, steps: int
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
-    for step, (x, y) in enumerate(instruction_batches(tokenizer, examples, batch_size, steps, seed,
-                                                      device), 1):
+    batches = (conversation_batches(tokenizer, examples, batch_size, steps, max_history,
+                                    model.config.block_size, seed, device) if max_history
+               else instruction_batches(tokenizer, examples, batch_size, steps, seed, device))
+    for step, (x, y) in enumerate(batches, 1):
         if final_lr is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr + (final_lr - lr) * (step - 1) / max(steps - 1, 1)
@@ -84,6 +90,52 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence, steps: int
             callback(step, losses[-1])
     model.eval()
     return losses
+
+
+def conversation_batches(tokenizer, examples: Sequence, batch_size: int, steps: int,
+                         max_history: int, block_size: int, seed: int = 0,
+                         device: torch.device | str = "cpu"):
+    """Yield `steps` batches (x, y) of short conversations for multi-turn instruction tuning.
+
+    Each row is one example (the examples are shuffled and taken once per epoch, as in
+    `instruction_batches`) with 0 to `max_history` other examples, drawn at random, as earlier
+    exchanges in front of it. A model tuned on single exchanges has only ever seen its
+    question right after the first <|instruction|>, and chapter 11 measures how badly it
+    answers after a history. The conversation is laid out by `utils.chat.encode_chat`, and
+    its mask puts the loss on every reply and its <|end|>, none of the user turns. While a
+    conversation is longer than block_size + 1 tokens its oldest exchange is dropped. Rows
+    are right-padded, as in `collate`: x = ids[:-1], y = ids[1:] where learned, else
+    IGNORE_INDEX.
+    """
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 0:
+        raise ValueError(f"max_history must be a whole number >= 0, got {max_history!r}")
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += rng.sample(range(len(examples)), len(examples))
+        chosen, order = order[:batch_size], order[batch_size:]
+        rows = []
+        for i in chosen:
+            history = rng.sample(range(len(examples)), min(rng.randint(0, max_history), len(examples)))
+            turns = [Turn(role, text) for j in [*history, i]
+                     for role, text in (("user", examples[j].instruction),
+                                        ("assistant", examples[j].response))]
+            ids, mask = encode_chat(tokenizer, turns)
+            while len(ids) > block_size + 1 and len(turns) > 2:
+                turns = turns[2:]
+                ids, mask = encode_chat(tokenizer, turns)
+            if len(ids) > block_size + 1:
+                raise ValueError(f"examples[{i}] alone has {len(ids)} tokens, more than "
+                                 f"block_size + 1 = {block_size + 1}; shorten it")
+            rows.append((torch.tensor(ids), torch.tensor(mask, dtype=torch.bool)))
+        width = max(len(ids) for ids, _ in rows) - 1
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, mask) in enumerate(rows):
+            x[row, :len(ids) - 1] = ids[:-1]
+            y[row, :len(ids) - 1] = ids[1:].masked_fill(~mask[1:], IGNORE_INDEX)
+        yield x.to(device), y.to(device)
 
 
 # --------------------------------------------------------------------------------- preferences
