@@ -26,6 +26,7 @@ Each module is named after what it holds and is introduced by one chapter:
                      (GELU tanh/exact, SwiGLU), ffn_hidden_size                (chapter 05)
     model            GPTConfig (ffn_hidden, rope_theta), Block, GPT,
                      parameter/FLOP counts                                     (chapter 05)
+                     GPT.forward(positions=...): a position per token          (chapter 11)
     hf_convert       GPT-2 / Llama / Mistral weights from Hugging Face into
                      our GPT: gpt_from_hf, gpt_from_hf_pretrained              (chapter 05)
     masks            causal, padding and sliding-window masks, combine_masks,
@@ -44,6 +45,7 @@ Each module is named after what it holds and is introduced by one chapter:
     train_config     TrainConfig (every setting of a run) and named presets    (chapter 07)
     checkpoints      atomic_save, checksum, save/load_checkpoint (weights only) (chapter 07)
     evaluation       estimate_loss (a sample of windows), split_loss (all)     (chapter 07)
+                     text_bits_per_char: the fair metric across tokenizers    (chapter 11)
     resume           which settings a resumed run may change; its schedule     (chapter 07)
     trainer          the loop: train(), precision (bf16/fp16 + scaler, TF32),
                      history (loss, lr, grad norm, clipped, tokens/s, MFU)      (chapter 07)
@@ -53,13 +55,20 @@ Each module is named after what it holds and is introduced by one chapter:
     ablation         the ladder from a bigram to the GPT, and head-to-heads    (chapter 07)
     throughput       tokens/s and MFU: datasheet or measured peaks             (chapter 07)
     train            the command line: `python -m utils.train --preset ...`    (chapter 07)
+                     (`--bpe-vocab N`: on the course's BPE tokens)             (chapter 11)
     pretrained       trained GPTs as safetensors; load_pretrained(name):
                      "shakespeare-char" and its draft "shakespeare-char-draft" (chapters 07, 09)
+                     "shakespeare-bpe", its -sft and -dpo tuned versions       (chapter 11)
     generation       generate(), stream(), temperature/top-k/top-p/repetition
                      filters, beam_search, sequence_nll, perplexity            (chapter 08)
     kv_memory        KV-cache bytes (MHA/GQA/MQA, MLA, sliding window) of public
                      model configs, kv_cache_table                             (chapter 09)
     speculative      speculative_generate: a draft proposes, the target verifies (chapter 09)
+    batch_generation generate_batch: prompts of different lengths, left-padded,
+                     one KV cache, per-row stops and lengths                   (chapter 11)
+    chat             Turn, ChatTemplate, encode_chat (loss mask on replies),
+                     chat_prompt (oldest turns dropped), reply_stream,
+                     check_message, load_gpt2_chat, Conversation              (chapter 11)
     tiled_attention  attention without the T x T matrix: online_softmax_merge,
                      tiled_attention, flash_attention (autograd.Function)     (chapter 09)
     ring_attention   simulated ring attention, O(T*W) sliding-window attention (chapter 09)
@@ -75,6 +84,13 @@ Each module is named after what it holds and is introduced by one chapter:
                      prompt masking, masked_lm_loss, answers, majority_baseline (chapter 10)
     preferences      preference data, sequence_logprob, collate_preferences,
                      dpo_loss                                                  (chapter 10)
+    chat_tasks       instruction tasks whose answers are in the prompt, their
+                     baselines, evaluate_tasks, evaluate_after_history          (chapter 11)
+    tuning           the loops: instruction_tune (max_history: conversations),
+                     preference_tune (DPO), preference_accuracy                 (chapter 11)
+    report_card      `python -m utils.report_card`: every shipped model measured (chapter 11)
+    pipeline         `python -m utils.pipeline --preset tiny|cpu|gpu`: tokenizer
+                     -> pre-training -> SFT -> DPO -> report card, resumable    (chapter 11)
     checks/          the exercise graders, one module per chapter
     widgets/         the interactive demos, one module per widget family
 """
