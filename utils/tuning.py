@@ -80,16 +80,21 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence, steps: int
                 group["lr"] = lr + (final_lr - lr) * (step - 1) / max(steps - 1, 1)
         logits, _ = model(x)
         loss = masked_lm_loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        _update(model, optimizer, loss, grad_clip)
         losses.append(loss.item())
         if callback is not None:
             callback(step, losses[-1])
     model.eval()
     return losses
+
+
+def _update(model: nn.Module, optimizer, loss: torch.Tensor, grad_clip: float | None) -> None:
+    """One optimizer step on `loss`, with the global gradient norm clipped to `grad_clip`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
 
 
 def conversation_batches(tokenizer, examples: Sequence, batch_size: int, steps: int,
@@ -217,11 +222,7 @@ def preference_tune(model: nn.Module, tokenizer, pairs: Sequence[Preference], st
         if nll_weight:
             chosen_tokens = (y[: len(indices)] != IGNORE_INDEX).sum()
             total = loss - nll_weight * chosen.sum() / chosen_tokens
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        _update(model, optimizer, total, grad_clip)
         losses.append(loss.item())
         if callback is not None:
             callback(step, losses[-1])
