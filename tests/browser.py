@@ -177,8 +177,26 @@ class Lab:
     def _wait_for_all_cells(page, timeout_s: float) -> None:
         """Every code cell's prompt shows a number (not blank, not `*`) once it has run."""
         deadline = time.monotonic() + timeout_s
+        stalled_since, rerun = None, False
         while time.monotonic() < deadline:
             prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+            # On two loaded cores a Run All can leave a cell unqueued (seen once in CI: the
+            # first prompt stayed [ ] while the second ran). If some cells have not run, none is
+            # running and the kernel is idle for 60 s, Run All once more (cells here run twice
+            # safely: tests/rerun.py checks that of the chapters); it is printed, not hidden.
+            waiting = any(p.strip() in ("", "[ ]:") for p in prompts)
+            idle = not any(p.strip() == "[*]:" for p in prompts) and page.get_by_text(
+                "Kernel status: Idle").count()
+            if waiting and idle and not rerun:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 60:
+                    print("cells left unrun with the kernel idle; Run All again:", prompts)
+                    page.get_by_role("menuitem", name="Run", exact=True).click(timeout=30_000)
+                    page.get_by_role("menuitem", name="Run All Cells", exact=True).click(
+                        timeout=30_000)
+                    rerun = True
+            else:
+                stalled_since = None
             if prompts and all(p.strip().startswith("[") and p.strip()[1:-2].isdigit()
                                for p in prompts):
                 errors = page.locator(".jp-OutputArea-output[data-mime-type="
